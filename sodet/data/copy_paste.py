@@ -1,0 +1,203 @@
+"""Copy-paste of small objects (Kisantal et al. 2019, arXiv 1902.07296).
+
+Few training images hold small objects, and those that do hold few. Pasting each small object again at a free
+place (its mask, not its box) gives the detector more small positives without new labelling. This module holds
+the per-image paste used both on the fly (the training dataset calls :func:`paste_small_objects`) and offline
+(:mod:`sodet.data.oversample`), and the choice of which images appear again in an epoch.
+
+Coordinates are pixels of the image handed in, boxes xyxy. A pasted object never overlaps (positive-area
+intersection) an existing object box, a crowd region or another pasted object, and lies fully inside the image.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+SCALE_JITTER = (0.8, 1.2)  # uniform scale factor range of jittered pastes
+ROTATION_JITTER = (-15.0, 15.0)  # uniform rotation range in degrees of jittered pastes
+
+
+@dataclass
+class PasteResult:
+    """What a paste produced: the new image and the NEW objects only (the caller appends them)."""
+
+    img: np.ndarray  # the image holding the pastes (the input array itself when nothing was pasted)
+    boxes: np.ndarray  # (P, 4) float32 xyxy pixels of the pasted objects
+    polygons: list = field(default_factory=list)  # length P: list of (K, 2) float32 parts, or None (box paste)
+    source: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # (P,) index of the source object
+    pasted: int = 0
+    skipped: int = 0  # pastes for which no free place was found in max_tries positions (or nothing to paste)
+
+
+@dataclass
+class _Piece:
+    """An object cut out of the image, in its own coordinates (origin = top-left pixel of ``patch``)."""
+
+    patch: np.ndarray  # (h, w, C) source pixels
+    mask: np.ndarray  # (h, w) bool: which of them belong to the object
+    box: np.ndarray  # (4,) the object's box
+    polygon: list | None  # the object's polygon parts, or None
+    footprint: np.ndarray  # (4,) box covering both ``box`` and every patch pixel: what must find a free place
+
+
+def _as_boxes(a) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64).reshape(-1, 4)
+
+
+def _cut_piece(img: np.ndarray, box: np.ndarray, polygon) -> _Piece | None:
+    """Cut one object: the pixels under its polygon mask, or its rounded box patch without a polygon."""
+    h, w = img.shape[:2]
+    parts = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygon] if polygon is not None else []
+    parts = [p for p in parts if len(p) >= 3]
+    if parts:
+        ints = [np.round(p).astype(np.int32) for p in parts]
+        allpts = np.concatenate(ints)
+        x0, y0 = np.maximum(allpts.min(0), 0)
+        x1, y1 = np.minimum(allpts.max(0) + 1, (w, h))
+        if x1 <= x0 or y1 <= y0:
+            return None
+        mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
+        cv2.fillPoly(mask, [p - np.array([x0, y0], np.int32) for p in ints], 1)
+        mask = mask.astype(bool)
+        if not mask.any():
+            return None
+        origin = np.array([x0, y0], np.float64)
+        local_parts = [(p - origin).astype(np.float32) for p in parts]
+    else:
+        x0, y0, x1, y1 = np.round(box).astype(int)
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
+        if x1 <= x0 or y1 <= y0:
+            return None
+        mask = np.ones((y1 - y0, x1 - x0), bool)
+        origin = np.array([x0, y0], np.float64)
+        local_parts = None
+    local_box = box - np.tile(origin, 2)
+    region = np.array([0, 0, x1 - x0, y1 - y0], np.float64)
+    footprint = np.concatenate([np.minimum(local_box[:2], region[:2]), np.maximum(local_box[2:], region[2:])])
+    return _Piece(img[y0:y1, x0:x1], mask, local_box, local_parts, footprint)
+
+
+def _jitter_piece(piece: _Piece, rng: np.random.Generator) -> _Piece | None:
+    """Scale and rotate a piece about its centre; the new box is the tight box of the transformed mask."""
+    scale = rng.uniform(*SCALE_JITTER)
+    angle = rng.uniform(*ROTATION_JITTER)
+    ph, pw = piece.mask.shape
+    m = cv2.getRotationMatrix2D((pw / 2.0, ph / 2.0), angle, scale)
+    corners = np.array([[0, 0, 1], [pw, 0, 1], [0, ph, 1], [pw, ph, 1]], np.float64) @ m.T
+    m[:, 2] -= corners.min(0)
+    out_w, out_h = (np.ceil(corners.max(0) - corners.min(0)).astype(int) + 1).tolist()
+    mask = cv2.warpAffine(piece.mask.astype(np.uint8), m, (out_w, out_h), flags=cv2.INTER_NEAREST,
+                          borderMode=cv2.BORDER_CONSTANT, borderValue=0).astype(bool)
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if rows.size == 0:
+        return None
+    ty0, ty1, tx0, tx1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
+    patch = cv2.warpAffine(piece.patch, m, (out_w, out_h), flags=cv2.INTER_LINEAR,
+                           borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    patch = patch.reshape(out_h, out_w, -1)[ty0:ty1, tx0:tx1]
+    if piece.patch.ndim == 2:
+        patch = patch[..., 0]
+    mask = mask[ty0:ty1, tx0:tx1]
+    polygon = None
+    if piece.polygon is not None:
+        shift = np.array([tx0, ty0], np.float64)
+        polygon = [(p.astype(np.float64) @ m[:, :2].T + m[:, 2] - shift).astype(np.float32) for p in piece.polygon]
+    box = np.array([0, 0, tx1 - tx0, ty1 - ty0], np.float64)
+    return _Piece(patch, mask, box, polygon, box.copy())
+
+
+def _free_offset(footprint: np.ndarray, occupied: np.ndarray, width: int, height: int,
+                 rng: np.random.Generator, max_tries: int) -> tuple[int, int] | None:
+    """A uniformly random integer shift putting ``footprint`` inside the image, clear of all ``occupied`` boxes.
+
+    All ``max_tries`` candidates are drawn and checked against all boxes at once; the first free one wins.
+    """
+    lo_x, hi_x = math.ceil(-footprint[0]), math.floor(width - footprint[2])
+    lo_y, hi_y = math.ceil(-footprint[1]), math.floor(height - footprint[3])
+    if hi_x < lo_x or hi_y < lo_y or max_tries < 1:
+        return None
+    dx = rng.integers(lo_x, hi_x + 1, size=max_tries)
+    dy = rng.integers(lo_y, hi_y + 1, size=max_tries)
+    if len(occupied) == 0:
+        return int(dx[0]), int(dy[0])
+    cand = footprint[None, :] + np.stack([dx, dy, dx, dy], 1)  # (T, 4)
+    inter_w = np.minimum(cand[:, None, 2], occupied[None, :, 2]) - np.maximum(cand[:, None, 0], occupied[None, :, 0])
+    inter_h = np.minimum(cand[:, None, 3], occupied[None, :, 3]) - np.maximum(cand[:, None, 1], occupied[None, :, 1])
+    free = ~((inter_w > 0) & (inter_h > 0)).any(1)
+    hit = np.flatnonzero(free)
+    if hit.size == 0:
+        return None
+    return int(dx[hit[0]]), int(dy[hit[0]])
+
+
+def paste_small_objects(img, boxes, polygons, small, blocked, rng, copies=1, jitter=False, max_tries=50) -> PasteResult:
+    """Paste every ``small`` object ``copies`` times at random free places of ``img``.
+
+    ``boxes`` (N, 4) xyxy pixels; ``polygons`` length N, each None or a list of (K, 2) parts in pixels;
+    ``small`` (N,) bool picks the objects to paste; ``blocked`` (M, 4) xyxy crowd regions (never pasted, never
+    pasted over). Pixels always come from the ORIGINAL ``img`` (never modified in place). All randomness comes
+    from ``rng``. Returns the new objects only.
+    """
+    boxes = _as_boxes(boxes)
+    blocked = _as_boxes(blocked) if blocked is not None else np.zeros((0, 4))
+    small = np.asarray(small, dtype=bool).reshape(-1)
+    if len(small) != len(boxes) or len(polygons) != len(boxes):
+        raise ValueError(f"boxes ({len(boxes)}), polygons ({len(polygons)}) and small ({len(small)}) differ in length")
+    height, width = img.shape[:2]
+    occupied = np.concatenate([boxes, blocked])
+    out = img
+    new_boxes, new_polygons, sources = [], [], []
+    skipped = 0
+    for i in np.flatnonzero(small):
+        base = _cut_piece(img, boxes[i], polygons[i])
+        for _ in range(copies):
+            piece = base if (base is None or not jitter) else _jitter_piece(base, rng)
+            offset = None if piece is None else _free_offset(piece.footprint, occupied, width, height, rng, max_tries)
+            if offset is None:
+                skipped += 1
+                continue
+            dx, dy = offset
+            ph, pw = piece.mask.shape
+            if out is img:
+                out = img.copy()
+            dest = out[dy:dy + ph, dx:dx + pw]
+            dest[piece.mask] = piece.patch[piece.mask]
+            shift = np.array([dx, dy, dx, dy], np.float64)
+            occupied = np.concatenate([occupied, (piece.footprint + shift)[None]])
+            new_boxes.append(piece.box + shift)
+            new_polygons.append(None if piece.polygon is None
+                                else [p + np.array([dx, dy], np.float32) for p in piece.polygon])
+            sources.append(i)
+    return PasteResult(
+        img=out,
+        boxes=np.asarray(new_boxes, np.float32).reshape(-1, 4),
+        polygons=new_polygons,
+        source=np.asarray(sources, np.int64),
+        pasted=len(new_boxes),
+        skipped=skipped,
+    )
+
+
+def extra_sample_count(n_with_small: int, oversample: float) -> int:
+    """How many extra appearances per epoch ``oversample`` gives ``n_with_small`` images holding small objects."""
+    if oversample < 0:
+        raise ValueError(f"oversample must be >= 0, got {oversample}")
+    whole = math.floor(oversample)
+    return whole * n_with_small + math.floor((oversample - whole) * n_with_small + 0.5)
+
+
+def oversample_indices(has_small: np.ndarray, oversample: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of the images that appear once more per epoch (sorted, with repeats).
+
+    Each image holding small objects is listed ``floor(oversample)`` times, plus a ``rng``-chosen fraction of
+    them once more for the remainder (0.5 -> half of them once). The epoch is ``range(N)`` plus these.
+    """
+    candidates = np.flatnonzero(np.asarray(has_small, dtype=bool))
+    whole = math.floor(oversample)
+    n_extra = extra_sample_count(len(candidates), oversample) - whole * len(candidates)
+    picked = rng.choice(candidates, size=n_extra, replace=False) if n_extra else np.zeros(0, np.int64)
+    return np.sort(np.concatenate([np.repeat(candidates, whole), picked]).astype(np.int64))
