@@ -1,0 +1,241 @@
+"""COCO box AP/AR per object size, overall and per class.
+
+The numbers are COCOeval's (pycocotools is the reference). faster-coco-eval computes the same arrays several times
+faster and is used when installed; pycocotools is the fallback. Per-class numbers are read from the one accumulated
+precision/recall array (COCOeval evaluates categories independently, so slicing category k gives what a run with
+``params.catIds=[k]`` gives) instead of re-running the evaluation once per class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterable, Mapping
+from os import PathLike
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from sodet.errors import SodetError
+
+# The 12 COCOeval summary numbers in COCOeval.summarize's order; AR100 is AR at ``max_dets`` (100 by default).
+METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
+BACKENDS = ("auto", "faster-coco-eval", "pycocotools")
+# (precision or recall, IoU threshold or None for the .50:.95 mean, area label, index into maxDets)
+_SUMMARY_SPEC = {
+    "AP": ("precision", None, "all", -1),
+    "AP50": ("precision", 0.5, "all", -1),
+    "AP75": ("precision", 0.75, "all", -1),
+    "APs": ("precision", None, "small", -1),
+    "APm": ("precision", None, "medium", -1),
+    "APl": ("precision", None, "large", -1),
+    "AR1": ("recall", None, "all", 0),
+    "AR10": ("recall", None, "all", 1),
+    "AR100": ("recall", None, "all", -1),
+    "ARs": ("recall", None, "small", -1),
+    "ARm": ("recall", None, "medium", -1),
+    "ARl": ("recall", None, "large", -1),
+}
+_DETECTION_KEYS = ("image_id", "category_id", "bbox", "score")
+
+
+def evaluate(
+    gt: Mapping[str, Any] | str | PathLike,
+    detections: Iterable[Mapping[str, Any]],
+    max_dets: int = 100,
+    backend: str = "auto",
+) -> dict[str, Any]:
+    """Score COCO-format ``detections`` against ``gt`` (a COCO dict or json path, already restricted to the
+    classes of interest).
+
+    Returns the 12 numbers of METRIC_KEYS plus ``per_class`` ({class name: 12 numbers}); a number whose bucket has
+    no ground truth (COCO's -1) is None. Only the ``max_dets`` highest-scoring detections of each image are scored
+    (the COCO detection rule), so the result does not depend on how a backend truncates. Neither input is modified.
+    """
+    if max_dets < 10:
+        raise SodetError(f"max_dets must be at least 10 (AR1 and AR10 are part of the summary), got {max_dets}")
+    gt_dict = load_gt(gt)
+    kept = cap_per_image(check_detections(gt_dict, detections), max_dets)
+    precision, recall, params = _accumulate(gt_dict, kept, max_dets, resolve_backend(backend))
+    names = {c["id"]: c["name"] for c in gt_dict["categories"]}
+    metrics: dict[str, Any] = summarize(precision, recall, params)
+    metrics["per_class"] = {
+        names[cat_id]: summarize(precision, recall, params, category_index=k) for k, cat_id in enumerate(params["catIds"])
+    }
+    return metrics
+
+
+def load_gt(gt: Mapping[str, Any] | str | PathLike) -> dict[str, Any]:
+    """A COCO ground-truth dict from a dict or a json path, checked for the fields COCOeval reads."""
+    if isinstance(gt, (str, PathLike)):
+        path = Path(gt)
+        if not path.is_file():
+            raise SodetError(f"ground-truth file not found: {path}")
+        with open(path) as f:
+            gt = json.load(f)
+    if not isinstance(gt, Mapping):
+        raise SodetError(f"ground truth must be a COCO dict or a json path, got {type(gt).__name__}")
+    missing = [k for k in ("images", "annotations", "categories") if k not in gt]
+    if missing:
+        raise SodetError(f"ground truth is not COCO format: missing {', '.join(missing)}")
+    names = [c["name"] for c in gt["categories"]]
+    if len(set(names)) != len(names):
+        raise SodetError(f"ground truth has duplicate category names: {names}")
+    lacking_area = sum(1 for a in gt["annotations"] if "area" not in a)
+    if lacking_area:
+        raise SodetError(
+            f"{lacking_area} ground-truth annotations lack 'area' (COCOeval's size buckets use it; keep COCO's mask area)"
+        )
+    return dict(gt)
+
+
+def check_detections(gt: Mapping[str, Any], detections: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Detections reduced to the four fields COCOeval reads, as fresh dicts; malformed input or ids that the
+    ground truth does not know raise one-line SodetErrors instead of a KeyError or wrong numbers deep inside
+    COCOeval (which silently ignores unknown categories)."""
+    detections = list(detections)
+    for i, d in enumerate(detections):
+        if not isinstance(d, Mapping) or any(k not in d for k in _DETECTION_KEYS):
+            raise SodetError(
+                f"prediction #{i} is not a COCO result: expected keys {', '.join(_DETECTION_KEYS)}, got {d!r:.120}"
+            )
+    if not detections:
+        return []
+    try:
+        boxes = np.asarray([d["bbox"] for d in detections], dtype=np.float64)
+        scores = np.asarray([d["score"] for d in detections], dtype=np.float64)
+    except (TypeError, ValueError) as e:
+        raise SodetError(f"predictions need 'bbox' as 4 numbers [x, y, w, h] and a numeric 'score' ({e})") from None
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise SodetError("predictions need 'bbox' as 4 numbers [x, y, w, h] in original image pixels")
+    bad = ~(np.isfinite(boxes).all(axis=1) & np.isfinite(scores))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise SodetError(f"{int(bad.sum())} predictions have non-finite bbox or score (e.g. prediction #{i})")
+
+    image_ids = {img["id"] for img in gt["images"]}
+    unknown = [d["image_id"] for d in detections if d["image_id"] not in image_ids]
+    if unknown:
+        raise SodetError(
+            f"{len(unknown)} of {len(detections)} predictions are for image ids that the ground truth does not hold "
+            f"(e.g. image_id {unknown[0]!r}); predictions and ground truth must come from the same split"
+        )
+    category_ids = {c["id"] for c in gt["categories"]}
+    unknown = [d["category_id"] for d in detections if d["category_id"] not in category_ids]
+    if unknown:
+        raise SodetError(
+            f"{len(unknown)} of {len(detections)} predictions have category ids that the ground truth does not hold "
+            f"(e.g. category_id {unknown[0]!r}; known: {sorted(category_ids)}); map class indices to COCO category ids"
+        )
+    return [
+        {"image_id": d["image_id"], "category_id": d["category_id"], "bbox": [float(v) for v in box], "score": float(s)}
+        for d, box, s in zip(detections, boxes, scores)
+    ]
+
+
+def cap_per_image(detections: list[dict[str, Any]], max_dets: int) -> list[dict[str, Any]]:
+    """The ``max_dets`` highest-scoring detections of each image, in input order; among equal scores the earlier
+    detection wins. COCOeval itself truncates per image AND class, and the two backends may break ties differently."""
+    if not detections:
+        return []
+    image_ids = np.asarray([d["image_id"] for d in detections])
+    scores = np.asarray([d["score"] for d in detections], dtype=np.float64)
+    order = np.lexsort((-scores, image_ids))  # by image, then by descending score; stable for ties
+    sorted_images = image_ids[order]
+    group_start = np.r_[True, sorted_images[1:] != sorted_images[:-1]]
+    start_index = np.maximum.accumulate(np.where(group_start, np.arange(len(order)), 0))
+    rank_in_image = np.arange(len(order)) - start_index
+    keep = np.sort(order[rank_in_image < max_dets])
+    if len(keep) == len(detections):
+        return detections
+    return [detections[i] for i in keep]
+
+
+def resolve_backend(backend: str) -> str:
+    """The backend that will run: 'auto' takes faster-coco-eval when it is importable, else pycocotools."""
+    if backend not in BACKENDS:
+        raise SodetError(f"unknown evaluation backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "auto":
+        try:
+            import faster_coco_eval  # noqa: F401
+        except ImportError:
+            return "pycocotools"
+        return "faster-coco-eval"
+    return backend
+
+
+def summarize(
+    precision: np.ndarray, recall: np.ndarray, params: Mapping[str, Any], category_index: int | None = None
+) -> dict[str, float | None]:
+    """The 12 numbers from accumulated arrays, like COCOeval.summarize: the mean over the entries that are not -1
+    (over all categories, or over ``category_index`` only); None where every entry is -1 (no ground truth)."""
+    iou_thresholds = np.asarray(params["iouThrs"])
+    out: dict[str, float | None] = {}
+    for key, (kind, iou, area, maxdet_index) in _SUMMARY_SPEC.items():
+        a = params["areaRngLbl"].index(area)
+        m = maxdet_index % len(params["maxDets"])
+        t = slice(None) if iou is None else np.flatnonzero(np.isclose(iou_thresholds, iou))
+        k = slice(None) if category_index is None else [category_index]
+        values = precision[t, :, k, a, m] if kind == "precision" else recall[t, k, a, m]
+        values = values[values > -1]
+        out[key] = float(np.mean(values)) if values.size else None
+    return out
+
+
+def _accumulate(
+    gt: Mapping[str, Any], detections: list[dict[str, Any]], max_dets: int, backend: str
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Run COCOeval's evaluate + accumulate; returns precision [T,R,K,A,M], recall [T,K,A,M] and the parameters."""
+    if backend == "faster-coco-eval":
+        from faster_coco_eval import COCO, COCOeval_faster as COCOeval
+    else:
+        from pycocotools.coco import COCO
+        from pycocotools.cocoeval import COCOeval
+
+    coco_gt, coco_dt = COCO(), COCO()
+    coco_gt.dataset = _gt_dataset(gt)
+    coco_dt.dataset = _result_dataset(gt, detections)
+    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
+        coco_gt.createIndex()
+        coco_dt.createIndex()
+        if backend == "faster-coco-eval":
+            E = COCOeval(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
+        else:
+            E = COCOeval(coco_gt, coco_dt, "bbox")
+        E.params.maxDets = [1, 10, max_dets]
+        E.evaluate()
+        E.accumulate()
+    p = E.params
+    params = {
+        "iouThrs": np.asarray(p.iouThrs),
+        "areaRngLbl": list(p.areaRngLbl),
+        "maxDets": list(p.maxDets),
+        "catIds": list(p.catIds),
+    }
+    return np.asarray(E.eval["precision"]), np.asarray(E.eval["recall"]), params
+
+
+def _gt_dataset(gt: Mapping[str, Any]) -> dict[str, Any]:
+    """Fresh annotation dicts (COCOeval writes into them) with ids 1..N: COCOeval marks 'unmatched' with id 0, so a
+    ground-truth id 0 would silently count as a miss, and duplicate ids would overwrite each other in the index."""
+    annotations = []
+    for new_id, a in enumerate(gt["annotations"], start=1):
+        a = dict(a, id=new_id)
+        a.setdefault("iscrowd", 0)
+        annotations.append(a)
+    return {
+        "images": [dict(img) for img in gt["images"]],
+        "categories": [dict(c) for c in gt["categories"]],
+        "annotations": annotations,
+    }
+
+
+def _result_dataset(gt: Mapping[str, Any], detections: list[dict[str, Any]]) -> dict[str, Any]:
+    """What COCO.loadRes builds for box results (area = w*h, ids 1..N, not crowd), without its polygon copy of
+    every box (unused for bbox IoU) and without its crash on an empty result list."""
+    annotations = [
+        dict(d, area=d["bbox"][2] * d["bbox"][3], id=i, iscrowd=0) for i, d in enumerate(detections, start=1)
+    ]
+    return {"images": list(gt["images"]), "categories": [dict(c) for c in gt["categories"]], "annotations": annotations}
