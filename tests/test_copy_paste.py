@@ -222,3 +222,87 @@ def test_oversample_indices_counts():
     assert len(oversample_indices(np.zeros(5, bool), 1.5, np.random.default_rng(0))) == 0
     with pytest.raises(ValueError):
         extra_sample_count(3, -1)
+
+
+# --- through the engine's training dataset (the lead's SodetDataset) ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mini_datasets():
+    """The plain training set of coco-pc-mini and the same set with copy-paste on, at 320 px with mosaic."""
+    pytest.importorskip("sodet.data.dataset")
+    from ultralytics.cfg import get_cfg
+    from ultralytics.data.utils import check_det_dataset
+
+    from sodet.data.spec import resolve_data
+    from sodet.engine.build import build_dataset
+    from sodet.options import RunOptions
+
+    data = check_det_dataset(str(resolve_data(MINI)))
+    cfg = get_cfg(overrides=dict(imgsz=320, mosaic=1.0, seed=0))
+    plain = build_dataset(cfg, data["train"], 4, data, "train", 32, RunOptions(copy_paste=False))
+    pasted = build_dataset(cfg, data["train"], 4, data, "train", 32, RunOptions(copy_paste=True))
+    return plain, pasted
+
+
+def _xyxy_pixels(label: dict) -> np.ndarray:
+    """Pixel xyxy boxes of a ``get_image_and_label`` result (normalised xywh there)."""
+    h, w = label["img"].shape[:2]
+    b = np.asarray(label["instances"].bboxes, float).reshape(-1, 4)
+    return np.stack([(b[:, 0] - b[:, 2] / 2) * w, (b[:, 1] - b[:, 3] / 2) * h,
+                     (b[:, 0] + b[:, 2] / 2) * w, (b[:, 1] + b[:, 3] / 2) * h], 1)
+
+
+def test_epoch_holds_n_plus_k_samples(mini_datasets):
+    plain, pasted = mini_datasets
+    d = json.loads((MINI / "annotations" / "train.json").read_text())
+    n = len(d["images"])
+    k = len({a["image_id"] for a in d["annotations"] if a["area"] < 1024 and not a["iscrowd"]})
+    assert len(plain) == n and len(pasted) == n + k
+    assert sorted(pasted.sample_index[n:].tolist()) == sorted(
+        i for i, lb in enumerate(pasted.meta) if (lb["area"] < 1024).any())
+
+
+def test_original_samples_are_bit_identical_to_the_plain_set(mini_datasets):
+    plain, pasted = mini_datasets
+    for i in range(len(plain)):
+        a, b = plain.get_image_and_label(i), pasted.get_image_and_label(i)
+        assert np.array_equal(a["img"], b["img"])
+        assert np.array_equal(a["cls"], b["cls"])
+        assert np.array_equal(a["instances"].bboxes, b["instances"].bboxes)
+
+
+def test_extra_samples_add_pasted_objects_that_overlap_nothing(mini_datasets):
+    plain, pasted = mini_datasets
+    n, total_new = len(plain), 0
+    for index in range(n, len(pasted)):
+        src = int(pasted.sample_index[index])
+        orig, extra = plain.get_image_and_label(src), pasted.get_image_and_label(index)
+        m = len(orig["cls"])
+        assert np.array_equal(extra["cls"][:m], orig["cls"]), "original labels come first, unchanged"
+        assert np.allclose(extra["instances"].bboxes[:m], orig["instances"].bboxes, atol=1e-5)
+        new = _xyxy_pixels(extra)[m:]
+        total_new += len(new)
+        assert not positive_overlap(new - [0, 0, 1e-3, 1e-3], _xyxy_pixels(orig)).any()
+        again = pasted.get_image_and_label(index)
+        assert np.array_equal(again["img"], extra["img"]), "same seed and index, same paste"
+    assert total_new > 0 and pasted.paste_stats["pasted"] >= total_new
+
+
+def test_labels_stay_valid_through_mosaic(mini_datasets):
+    import random
+
+    from ultralytics.data.dataset import YOLODataset
+
+    _, pasted = mini_datasets
+    random.seed(0)
+    n = len(pasted.labels)
+    samples = [pasted[i] for i in list(range(n, len(pasted))) + [0, 5, 17]]
+    for s in samples:
+        assert tuple(s["img"].shape) == (3, 320, 320)
+        b = s["bboxes"].numpy()
+        assert len(b) == len(s["cls"]) == len(s["batch_idx"])
+        assert ((b >= 0) & (b <= 1)).all() and (b[:, 2:] > 0).all()
+        assert set(s["cls"].flatten().tolist()) <= {0.0, 1.0}
+    batch = YOLODataset.collate_fn(samples[:8])
+    assert batch["img"].shape[0] == 8 and len(batch["batch_idx"]) == len(batch["bboxes"])
