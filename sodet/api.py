@@ -1,0 +1,219 @@
+"""sodet's Python API: what the CLI calls. ``train`` and ``val`` return the run folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from ultralytics.utils import LOGGER, YAML
+
+from sodet.errors import SodetError
+from sodet.options import RunOptions
+
+NMS_IOU = {"yolox": 0.65, "yolo": 0.7}  # each family's own validation NMS threshold
+
+
+def pick_device(device: str | None) -> str:
+    """CUDA when present, else CPU with a one-line notice; ``device`` overrides."""
+    if device not in (None, ""):
+        return str(device)
+    if torch.cuda.is_available():
+        return "0"
+    LOGGER.info("sodet: no CUDA device found, running on CPU")
+    return "cpu"
+
+
+def run_dir(command: str, name: str | None, project: str | None) -> tuple[str, str]:
+    project = Path(project) if project else Path("runs") / command
+    return str(project.resolve()), name or "exp"
+
+
+def train(
+    model: str = "yolox-nano",
+    data: str | None = None,
+    weights: str | None = None,
+    classes: list[str] | None = None,
+    resume: str | bool | None = None,
+    small_area: float = 32 * 32,
+    weighted_loss: float | None = None,
+    weight_form: str = "study",
+    copy_paste: bool = False,
+    oversample: float = 1.0,
+    paste_copies: int = 1,
+    paste_jitter: bool = False,
+    **engine: Any,
+) -> Path:
+    """Train (or fine-tune) a detector with sodet's methods; ``engine`` holds the engine's own options."""
+    from sodet.data.spec import resolve_data
+    from sodet.engine.trainer import SodetTrainer
+    from sodet.models.registry import get_entry
+    from sodet.offline import quiet_engine
+
+    quiet_engine()
+    engine["device"] = pick_device(engine.get("device"))
+    if resume:
+        last = resume_checkpoint(resume, engine.pop("project", None), engine.pop("name", None))
+        overrides = {"resume": str(last), "model": str(last), "device": engine["device"]}
+        overrides.update({k: v for k, v in engine.items() if v is not None and k in {"batch", "workers", "imgsz"}})
+        trainer = SodetTrainer(overrides=overrides)
+        trainer.train()
+        return Path(trainer.save_dir)
+
+    is_ckpt = str(model).endswith(".pt")
+    if is_ckpt:
+        saved = checkpoint_options(model)
+        arch, classes = saved.model, classes or saved.classes
+    else:
+        arch = get_entry(model).name
+    entry = get_entry(arch)
+    if weights is None and not is_ckpt and entry.weights:
+        from sodet.assets import shipped_weights
+
+        weights = str(shipped_weights(entry.weights))
+    elif weights in {"none", "None", ""}:
+        weights = None
+    if weights:
+        from sodet.models.weights import read_checkpoint
+
+        if not Path(weights).is_file():
+            read_checkpoint(weights)  # the one-line "not found" error
+    check_choice("weight form", weight_form, {"study", "scale"})
+    data_yaml = resolve_data(data, classes)
+    options = RunOptions(
+        model=arch,
+        weights=str(Path(weights).resolve()) if weights else None,
+        small_area=small_area,
+        weighted_loss=weighted_loss,
+        weight_form=weight_form,
+        copy_paste=copy_paste,
+        oversample=oversample,
+        paste_copies=paste_copies,
+        paste_jitter=paste_jitter,
+        classes=YAML.load(data_yaml)["sodet_classes"],
+        data=str(Path(data).resolve()) if data else None,
+    )
+    project, name = run_dir("train", engine.pop("name", None), engine.pop("project", None))
+    overrides = {
+        "model": str(model) if is_ckpt else arch,
+        "data": str(data_yaml),
+        "imgsz": engine.pop("imgsz", None) or entry.imgsz,
+        "project": project,
+        "name": name,
+        "iou": NMS_IOU[entry.family],
+        "pretrained": False,
+        **{k: v for k, v in engine.items() if v is not None},
+    }
+    trainer = SodetTrainer(overrides=overrides, options=options)
+    trainer.train()
+    save_run_options(Path(trainer.save_dir), options)
+    return Path(trainer.save_dir)
+
+
+def check_choice(what: str, value: str, allowed: set[str]) -> None:
+    if value not in allowed:
+        raise SodetError(f"{what} must be one of {sorted(allowed)}, not '{value}'")
+
+
+def save_run_options(save_dir: Path, options: RunOptions) -> None:
+    """``sodet.yaml`` beside the engine's ``args.yaml``: the sodet options the run used."""
+    if save_dir.is_dir():
+        YAML.save(save_dir / "sodet.yaml", options.to_dict())
+
+
+def checkpoint_options(path: str | Path) -> RunOptions:
+    """The sodet options stored in a checkpoint (its model's ``sodet`` attribute)."""
+    from sodet.models.weights import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    m = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    opts = getattr(m, "sodet", None)
+    if opts is None:
+        raise SodetError(f"{path} is not a sodet checkpoint (train it with sodet, or pass --model NAME --weights FILE)")
+    return opts
+
+
+def resume_checkpoint(resume: str | bool, project: str | None, name: str | None) -> Path:
+    """``--resume``: a last.pt, a run folder, or the named run (default runs/train/exp)."""
+    if isinstance(resume, str) and resume not in {"True", "true", "1"}:
+        p = Path(resume)
+    else:
+        p = Path(project or "runs/train") / (name or "exp")
+    last = p / "weights" / "last.pt" if p.is_dir() else p
+    if not last.is_file():
+        raise SodetError(f"nothing to resume: {last} not found (pass --resume path/to/last.pt)")
+    return last.resolve()
+
+
+def val(
+    model: str = "yolox-nano",
+    data: str | None = None,
+    weights: str | None = None,
+    classes: list[str] | None = None,
+    split: str = "val",
+    out: str | None = None,
+    **engine: Any,
+) -> tuple[Path, dict]:
+    """Validate a checkpoint or a registered model; returns (output folder, the COCO metrics)."""
+    from sodet.data.spec import resolve_data
+    from sodet.engine.build import build_model
+    from sodet.engine.validator import SodetValidator
+    from sodet.models.registry import get_entry
+    from sodet.offline import quiet_engine
+
+    quiet_engine()
+    device = pick_device(engine.pop("device", None))
+    imgsz = engine.pop("imgsz", None)
+    if str(model).endswith(".pt"):
+        options = checkpoint_options(model)
+        from sodet.models.weights import read_checkpoint
+
+        ckpt = read_checkpoint(model)
+        net = (ckpt.get("ema") or ckpt.get("model")).float()
+        names = [net.names[i] for i in range(len(net.names))]
+        data_yaml = resolve_data(data or options.data, classes or names, splits=(split,))
+        data_names = YAML.load(data_yaml)["sodet_classes"]
+        if data_names != names:
+            raise SodetError(f"checkpoint classes {names} do not match the data classes {data_names}")
+        imgsz = imgsz or (ckpt.get("train_args") or {}).get("imgsz")
+        source = str(Path(model).resolve())
+    else:
+        entry = get_entry(model)
+        if weights is None and entry.weights:
+            from sodet.assets import shipped_weights
+
+            weights = str(shipped_weights(entry.weights))
+        data_yaml = resolve_data(data, classes, splits=(split,))
+        d = YAML.load(data_yaml)
+        options = RunOptions(model=entry.name, weights=weights, classes=d["sodet_classes"], data=data)
+        net = build_model(options, len(d["names"]), d["names"])
+        imgsz = imgsz or entry.imgsz
+        source = entry.name
+    family = net.yaml.get("family", "yolo") if isinstance(getattr(net, "yaml", None), dict) else "yolo"
+    save_dir = Path(out) if out else Path(run_dir("val", engine.pop("name", None), engine.pop("project", None))[0]) / "exp"
+    if not out:
+        from ultralytics.utils.files import increment_path
+
+        save_dir = increment_path(save_dir)
+    save_dir.mkdir(parents=True, exist_ok=True)
+    args = {
+        "model": source,
+        "data": str(data_yaml),
+        "split": split,
+        "imgsz": imgsz,
+        "device": device,
+        "conf": 0.001,
+        "iou": NMS_IOU.get(family, 0.7),
+        "plots": False,
+        "save_json": True,
+        "mode": "val",
+        **{k: v for k, v in engine.items() if v is not None},
+    }
+    validator = SodetValidator(save_dir=save_dir, args=args, options=options)
+    validator(model=net)
+    return save_dir, validator.coco_metrics or {}
+
+
+def write_json(path: Path, obj) -> None:
+    path.write_text(json.dumps(obj, indent=2))

@@ -1,0 +1,27 @@
+"""Where the shipped defaults live: resolved from the installed package, so they work from any directory."""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+
+from sodet.errors import SodetError
+
+DEFAULT_DATA = "coco-pc-mini"
+YOLOX_NANO_COCO = "yolox_nano_coco_fusedbn.pth"
+
+
+def default_data_dir() -> Path:
+    """The embedded person + car dataset (``datasets/coco-pc-mini`` in the repository)."""
+    p = Path(str(resources.files("sodet.datasets") / DEFAULT_DATA))
+    if not (p / "annotations").is_dir():
+        raise SodetError(f"embedded dataset missing at {p}: reinstall sodet or pass --data DIR")
+    return p
+
+
+def shipped_weights(name: str) -> Path:
+    """A weights file shipped in ``sodet/weights``."""
+    p = Path(str(resources.files("sodet.weights") / name))
+    if not p.is_file():
+        raise SodetError(f"shipped weights missing: {p} (reinstall sodet, or pass --weights FILE)")
+    return p

@@ -1,0 +1,156 @@
+"""The ``sodet`` command line: train, val, compare, zoo and dataset tools.
+
+Options keep the engine's names and meaning (``--epochs --imgsz --batch --device ...``); sodet's own options
+switch its small-object methods on. Bad input ends in one line on stderr and exit code 1, never a traceback
+(``SODET_DEBUG=1`` shows it).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+import sodet  # noqa: F401  (switches the engine offline before it is imported)
+from sodet.data.cli import data_app
+from sodet.errors import SodetError
+from sodet.eval.compare import compare_command
+
+app = typer.Typer(
+    help="sodet: make lightweight detectors better at small objects (copy-paste oversampling, small-object "
+    "weighted box loss, size-bucket COCO evaluation) on the Ultralytics engine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(data_app, name="data")
+app.command("compare")(compare_command)
+console = Console()
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``-o key=value`` pairs for any other engine argument (values parsed like YAML scalars)."""
+    import yaml
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise SodetError(f"override '{item}' is not KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+def split_classes(classes: str | None) -> list[str] | None:
+    return [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+
+
+@app.command()
+def train(
+    model: str = typer.Option("yolox-nano", "--model", "-m", help="registry name (sodet zoo) or a sodet .pt checkpoint"),
+    data: Optional[str] = typer.Option(None, "--data", help="COCO folder or Ultralytics data YAML [embedded coco-pc-mini]"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="initial weights: YOLOX .pth or Ultralytics .pt ('none': random init)"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="class names to use, e.g. person,car"),
+    epochs: int = typer.Option(None, "--epochs", help="training epochs [20 on the embedded data, else 100]"),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="input size [the model's default]"),
+    batch: int = typer.Option(16, "--batch"),
+    device: Optional[str] = typer.Option(None, "--device", help="cpu, 0, 0,1 ... [CUDA if present]"),
+    workers: int = typer.Option(8, "--workers"),
+    seed: int = typer.Option(0, "--seed"),
+    project: Optional[str] = typer.Option(None, "--project", help="output root [runs/train]"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name [exp, exp2, ...]"),
+    resume: Optional[str] = typer.Option(None, "--resume", help="resume an interrupted run: last.pt or run folder"),
+    patience: int = typer.Option(100, "--patience"),
+    exist_ok: bool = typer.Option(False, "--exist-ok", help="reuse the run folder"),
+    small_area: float = typer.Option(1024, "--small-area", help="small = area below this (px², COCO: 32*32)"),
+    weighted_loss: Optional[float] = typer.Option(None, "--weighted-loss", help="W of the small-object box loss (study: 0.95)"),
+    weight_form: str = typer.Option("study", "--weight-form", help="study: 1 - W*IoU^2 ; scale: W*(1 - IoU^2)"),
+    copy_paste: bool = typer.Option(False, "--copy-paste", help="copy-paste oversampling of images with small objects"),
+    oversample: float = typer.Option(1.0, "--oversample", help="extra appearances per epoch of images with small objects"),
+    paste_copies: int = typer.Option(1, "--paste-copies", help="pastes of each small object per extra appearance"),
+    paste_jitter: bool = typer.Option(False, "--paste-jitter", help="scale +-20%, rotate +-15 deg pasted objects"),
+    override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
+):
+    """Train or fine-tune a detector (default: yolox-nano from COCO weights on the embedded person+car data)."""
+    from sodet.api import train as run_train
+
+    engine = dict(
+        epochs=epochs or (20 if data is None else 100), imgsz=imgsz, batch=batch, device=device, workers=workers,
+        seed=seed, project=project, name=name, patience=patience, exist_ok=exist_ok, **parse_overrides(override),
+    )
+    save_dir = run_train(
+        model=model, data=data, weights=weights, classes=split_classes(classes), resume=resume,
+        small_area=small_area, weighted_loss=weighted_loss, weight_form=weight_form, copy_paste=copy_paste,
+        oversample=oversample, paste_copies=paste_copies, paste_jitter=paste_jitter, **engine,
+    )
+    console.print(f"run saved to [bold]{save_dir}[/bold]")
+
+
+@app.command()
+def val(
+    model: str = typer.Option("yolox-nano", "--model", "-m", help="a sodet .pt checkpoint or a registry name"),
+    data: Optional[str] = typer.Option(None, "--data", help="COCO folder or data YAML [the checkpoint's, else embedded]"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="weights for a registry name (YOLOX .pth / Ultralytics .pt)"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="class names, e.g. person,car"),
+    split: str = typer.Option("val", "--split"),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz"),
+    batch: int = typer.Option(16, "--batch"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    size_buckets: bool = typer.Option(True, "--size-buckets/--no-size-buckets", help="print AP/AR per object size"),
+    out: Optional[str] = typer.Option(None, "--out", help="output folder [runs/val/exp*]"),
+    override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
+):
+    """Validate: COCO AP/AR overall, per size bucket and per class (identical to pycocotools)."""
+    from sodet.api import val as run_val
+
+    save_dir, metrics = run_val(
+        model=model, data=data, weights=weights, classes=split_classes(classes), split=split, out=out,
+        imgsz=imgsz, batch=batch, device=device, verbose=size_buckets, **parse_overrides(override),
+    )
+    console.print(f"metrics written to [bold]{save_dir / 'metrics.json'}[/bold]")
+
+
+@app.command()
+def zoo(imgsz: Optional[int] = typer.Option(None, "--imgsz", help="size for GFLOPs [each model's default]")):
+    """The model families: name, parameters, GFLOPs at the default size, default weights."""
+    from rich.table import Table
+
+    from sodet.models.zoo import zoo_rows
+
+    table = Table(title="sodet model zoo")
+    for col in ("model", "family", "params (M)", "GFLOPs", "imgsz", "default weights"):
+        table.add_column(col, justify="right" if col in {"params (M)", "GFLOPs", "imgsz"} else "left")
+    for row in zoo_rows(imgsz):
+        table.add_row(row["model"], row["family"], f"{row['params'] / 1e6:.2f}", f"{row['gflops']:.2f}", str(row["imgsz"]), row["weights"])
+    console.print(table)
+
+
+def main() -> None:
+    """Entry point: user-facing errors as one line, exit code 1."""
+    try:
+        app(standalone_mode=False)
+    except SystemExit as e:
+        raise
+    except Exception as e:  # noqa: BLE001
+        import click
+
+        if isinstance(e, click.exceptions.Exit):
+            sys.exit(e.exit_code)
+        if isinstance(e, click.ClickException):
+            e.show()
+            sys.exit(e.exit_code)
+        if isinstance(e, click.exceptions.Abort):
+            sys.exit(130)
+        if os.environ.get("SODET_DEBUG"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        prefix = "" if isinstance(e, SodetError) else f"{type(e).__name__}: "
+        Console(stderr=True).print(f"[red]error:[/red] {prefix}{msg}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,186 @@
+"""sodet's training/validation dataset: the engine's YOLODataset reading COCO json directly, with copy-paste
+oversampling of images that hold small objects.
+
+Oversampling is an index (``range(n)`` followed by the extra appearances); ``get_image_and_label`` maps an
+index back to its image, so label caches, the RAM cache and mosaic's buffer all stay those of the plain set.
+Pasting happens there too, before the engine's transforms, so it survives ``close_mosaic`` and works with
+mosaic on or off.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from ultralytics.data.dataset import YOLODataset
+from ultralytics.utils import LOGGER, colorstr
+
+from sodet.data.coco import SplitLabels, load_split
+from sodet.options import RunOptions
+
+MAX_WORKERS = 64
+
+
+class SodetDataset(YOLODataset):
+    """YOLODataset whose labels come from a COCO split (or YOLO txt files) and whose training epochs hold the
+    copy-paste extra samples."""
+
+    def __init__(
+        self, *args, data: dict, options: RunOptions | None = None, seed: int = 0, center_pad: bool = True, **kwargs
+    ):
+        self.options = options or RunOptions()
+        self.center_pad = center_pad  # False: evaluation pads bottom/right, as YOLOX's own pipeline does
+        self.seed = seed
+        self.split_labels: SplitLabels | None = None
+        img_path = kwargs.get("img_path", args[0] if args else None)
+        if data.get("sodet_coco"):
+            split = Path(img_path).name
+            self.split_labels = load_split(data["sodet_coco"], split, data.get("sodet_classes"))
+            for w in self.split_labels.warnings:
+                LOGGER.warning(f"{colorstr('sodet:')} {w}")
+        super().__init__(*args, data=data, task="detect", **kwargs)
+        # rect batching reorders labels by aspect ratio: align the per-image metadata with the final order
+        by_file = dict(zip(self.meta_files, self.meta)) if hasattr(self, "meta") else None
+        self.meta = [by_file[lb["im_file"]] for lb in self.labels] if by_file else self.meta_from_labels()
+        self.sample_index = np.arange(len(self.labels))
+        self.oversampled = {"oversampled_images": 0, "extra_samples": 0}
+        # pasted / skipped per data-loader worker (row 0: main process), in shared memory so workers' counts
+        # reach the trainer
+        self.paste_counts = torch.zeros((MAX_WORKERS + 1, 2), dtype=torch.int64).share_memory_()
+        if self.augment and self.options.copy_paste:
+            self.build_oversampling()
+
+    def build_transforms(self, hyp):
+        transforms = super().build_transforms(hyp)
+        if not self.augment and not self.center_pad:
+            from ultralytics.data.augment import LetterBox
+
+            transforms.transforms[0] = LetterBox(new_shape=(self.imgsz, self.imgsz), scaleup=False, center=False)
+        return transforms
+
+    # labels ------------------------------------------------------------------------------------------------
+    def get_img_files(self, img_path):
+        if self.split_labels is None:
+            return super().get_img_files(img_path)
+        return [im.file for im in self.split_labels.images]
+
+    def get_labels(self) -> list[dict]:
+        if self.split_labels is None:
+            return self.remap_yolo_classes(super().get_labels())
+        labels, meta = [], []
+        for im in self.split_labels.images:
+            labels.append(
+                {
+                    "im_file": im.file,
+                    "shape": im.shape,
+                    "cls": im.cls.copy(),
+                    "bboxes": im.bboxes.copy(),
+                    "segments": [],
+                    "normalized": True,
+                    "bbox_format": "xywh",
+                }
+            )
+            meta.append({"area": im.area, "polygons": im.polygons, "crowd": im.crowd, "image_id": im.image_id})
+        self.meta, self.meta_files = meta, [lb["im_file"] for lb in labels]
+        return labels
+
+    def remap_yolo_classes(self, labels: list[dict]) -> list[dict]:
+        """Keep the chosen classes of a YOLO-txt set, renumbered in the chosen order."""
+        all_names, chosen = self.data.get("sodet_yolo_names"), self.data.get("sodet_classes")
+        if not all_names or list(chosen) == list(all_names):
+            return labels
+        new_index = {all_names.index(n): i for i, n in enumerate(chosen)}
+        for lb in labels:
+            keep = np.array([int(c) in new_index for c in lb["cls"].ravel()], dtype=bool)
+            lb["cls"] = np.array([[new_index[int(c)]] for c in lb["cls"].ravel()[keep]], dtype=np.float32).reshape(-1, 1)
+            lb["bboxes"] = lb["bboxes"][keep]
+            lb["segments"] = [s for s, k in zip(lb["segments"], keep) if k]
+        return labels
+
+    def meta_from_labels(self) -> list[dict]:
+        """YOLO-txt labels: area = box area in original pixels, polygons from segments, no crowd regions."""
+        meta = []
+        for i, lb in enumerate(self.labels):
+            h, w = lb["shape"]
+            area = lb["bboxes"][:, 2] * lb["bboxes"][:, 3] * w * h if len(lb["bboxes"]) else np.zeros(0)
+            segs = lb.get("segments") or []
+            polys = [[np.asarray(s, dtype=np.float32)] for s in segs] if len(segs) == len(lb["bboxes"]) else None
+            meta.append(
+                {
+                    "area": area.astype(np.float32),
+                    "polygons": polys or [None] * len(lb["bboxes"]),
+                    "crowd": np.zeros((0, 4), np.float32),
+                    "image_id": i,
+                }
+            )
+        return meta
+
+    # oversampling ------------------------------------------------------------------------------------------
+    def small_mask(self, i: int) -> np.ndarray:
+        return self.meta[i]["area"] < self.options.small_area
+
+    def build_oversampling(self) -> None:
+        from sodet.data.copy_paste import oversample_indices
+
+        has_small = np.array([bool(self.small_mask(i).any()) for i in range(len(self.labels))])
+        rng = np.random.default_rng(self.seed)
+        extra = np.asarray(oversample_indices(has_small, self.options.oversample, rng), dtype=np.int64)
+        self.sample_index = np.concatenate([np.arange(len(self.labels)), extra])
+        self.oversampled = {"oversampled_images": int(len(np.unique(extra))), "extra_samples": int(len(extra))}
+        LOGGER.info(
+            f"{colorstr('sodet copy-paste:')} {int(has_small.sum())}/{len(has_small)} images hold small objects "
+            f"(area < {self.options.small_area:g}); epoch = {len(self.labels)} + {len(extra)} samples"
+        )
+
+    @property
+    def paste_stats(self) -> dict:
+        """What copy-paste did so far in this run: oversampled images, extra samples, objects pasted / skipped."""
+        pasted, skipped = (int(v) for v in self.paste_counts.sum(0))
+        return {**self.oversampled, "pasted": pasted, "skipped": skipped}
+
+    def __len__(self) -> int:
+        return len(self.sample_index)
+
+    def get_image_and_label(self, index: int) -> dict:
+        i = int(self.sample_index[index]) if index < len(self.sample_index) else index
+        label = super().get_image_and_label(i)
+        if index >= len(self.labels):
+            self.paste_into(label, i, index)
+        return label
+
+    def paste_into(self, label: dict, i: int, index: int) -> None:
+        """Paste each small object of image ``i`` again (deterministic per seed and sample index)."""
+        from sodet.data.copy_paste import paste_small_objects
+
+        inst = label["instances"]
+        img = label["img"]
+        h, w = img.shape[:2]
+        inst.convert_bbox("xyxy")
+        inst.denormalize(w, h)
+        meta = self.meta[i]
+        scale = np.array([w, h], dtype=np.float32)
+        polys = [None if p is None else [part * scale for part in p] for p in meta["polygons"]]
+        res = paste_small_objects(
+            img,
+            inst.bboxes.copy(),
+            polys,
+            self.small_mask(i),
+            meta["crowd"] * np.array([w, h, w, h], dtype=np.float32),
+            np.random.default_rng([self.seed, index]),
+            copies=self.options.paste_copies,
+            jitter=self.options.paste_jitter,
+        )
+        worker = torch.utils.data.get_worker_info()
+        row = self.paste_counts[0 if worker is None else 1 + worker.id % MAX_WORKERS]
+        row += torch.tensor([int(res.pasted), int(res.skipped)])
+        if res.pasted:
+            from ultralytics.utils.instance import Instances
+
+            boxes = np.concatenate([inst.bboxes, res.boxes.astype(np.float32)], 0)
+            label["img"] = res.img
+            label["cls"] = np.concatenate([label["cls"], label["cls"][res.source]], 0)
+            label["instances"] = Instances(boxes, np.zeros((0, 1000, 2), np.float32), None, "xyxy", normalized=False)
+        inst = label["instances"]
+        inst.normalize(w, h)
+        inst.convert_bbox("xywh")

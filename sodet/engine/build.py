@@ -1,0 +1,64 @@
+"""Building sodet's models and datasets for the engine: the one place trainer and validator share."""
+
+from __future__ import annotations
+
+import torch
+from ultralytics.utils import colorstr
+
+from sodet.data.dataset import SodetDataset
+from sodet.models.registry import get_entry
+from sodet.options import RunOptions
+
+
+def build_model(options: RunOptions, nc: int, names: dict, weights: torch.nn.Module | None = None):
+    """The registered architecture with ``options`` attached (and its box-loss weighting installed).
+
+    ``weights`` is a model object from an engine checkpoint (resume, or fine-tuning a sodet run); otherwise the
+    file named by ``options.weights`` is loaded, if any.
+    """
+    from sodet.models.weights import load_weights, load_yolox_state
+
+    entry = get_entry(options.model)
+    model = entry.build(nc, names)
+    if weights is not None:
+        if entry.family == "yolox":
+            src = getattr(weights, "names", None)
+            load_yolox_state(model, weights.float().state_dict(), [src[i] for i in range(len(src))] if src else None)
+        else:
+            model.load(weights)
+    elif options.weights:
+        load_weights(model, options.weights)
+    attach_options(model, options)
+    return model
+
+
+def attach_options(model, options: RunOptions) -> None:
+    """Store the options on the model (they travel with EMA, checkpoints and DDP) and install what they ask."""
+    model.sodet = options
+    if getattr(model, "yaml", {}).get("family") == "yolox" and options.weighted_loss is not None:
+        from sodet.losses.yolox_iou import install_yolox
+
+        install_yolox(model.head, options.weighted_loss, options.small_area, options.weight_form)
+
+
+def build_dataset(cfg, img_path: str, batch: int, data: dict, mode: str, stride: int, options: RunOptions):
+    """SodetDataset with the engine's own arguments (as ``build_yolo_dataset`` passes them)."""
+    own_pipeline = get_entry(options.model).family == "yolox"  # YOLOX evaluates square, padded bottom/right
+    return SodetDataset(
+        img_path=img_path,
+        imgsz=cfg.imgsz,
+        batch_size=batch,
+        augment=mode == "train",
+        hyp=cfg,
+        rect=cfg.rect or (mode == "val" and not own_pipeline),
+        cache=cfg.cache or None,
+        single_cls=cfg.single_cls or False,
+        stride=stride,
+        pad=0.0 if mode == "train" else 0.5,
+        prefix=colorstr(f"{mode}: "),
+        classes=cfg.classes,
+        data=data,
+        options=options,
+        seed=int(cfg.seed),
+        center_pad=not own_pipeline,
+    )

@@ -1,0 +1,112 @@
+"""sodet's trainer: the engine's DetectionTrainer hosting every family and sodet's methods.
+
+Every override of the engine lives here (and in ``validator.py``); the engine's contract is implicit and moves
+between patch releases, which is why ultralytics is pinned exactly.
+"""
+
+from __future__ import annotations
+
+from copy import copy
+
+import torch
+from torch import nn
+from ultralytics.models.yolo.detect import DetectionTrainer
+from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
+from ultralytics.utils.torch_utils import unwrap_model
+
+from sodet.engine.build import attach_options, build_dataset, build_model
+from sodet.engine.validator import SodetValidator
+from sodet.options import RunOptions
+
+
+class SodetTrainer(DetectionTrainer):
+    """DetectionTrainer whose model, dataset, validator and loss are sodet's.
+
+    sodet's options cannot travel in the engine's ``args`` (``get_cfg`` rejects unknown keys) nor on the trainer
+    (multi-GPU workers rebuild it from ``args``): they live on the model (``model.sodet``), which the launcher
+    pickles, the EMA copies and every checkpoint stores, so resume and DDP keep them.
+    """
+
+    def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, options: RunOptions | None = None):
+        self._options = options
+        super().__init__(cfg, overrides, _callbacks)
+
+    @property
+    def options(self) -> RunOptions:
+        model = self.model if isinstance(self.model, nn.Module) else None
+        opts = getattr(unwrap_model(model), "sodet", None) if model is not None else None
+        return opts or self._options or RunOptions()
+
+    # model -------------------------------------------------------------------------------------------------
+    def get_model(self, cfg=None, weights=None, verbose=True):
+        """Build the registered architecture. ``weights`` is a model from an engine checkpoint (resume, or a sodet
+        run given as ``--model best.pt``): its options are kept unless this run brought its own."""
+        saved = getattr(weights, "sodet", None) if weights is not None else None
+        opts = self._options or saved or RunOptions()
+        if saved is not None and self._options is not None and str(self._options.model).endswith(".pt"):
+            opts.model = saved.model  # fine-tuning a sodet checkpoint: its architecture
+        model = build_model(opts, self.data["nc"], self.data["names"], weights=weights)
+        if verbose and RANK in {-1, 0}:
+            n = sum(p.numel() for p in model.parameters())
+            LOGGER.info(f"{colorstr('sodet:')} {opts.model}, {n / 1e6:.2f}M parameters, {self.data['nc']} classes")
+        return model
+
+    def setup_model(self):
+        ckpt = super().setup_model()
+        if self._options is not None and getattr(unwrap_model(self.model), "sodet", None) is None:
+            attach_options(unwrap_model(self.model), self._options)
+        return ckpt
+
+    def train(self):
+        """Multi-GPU: build the model here so the launcher pickles it with its options (workers only get args)."""
+        if self.ddp and not self.resume and not isinstance(self.model, nn.Module):
+            self.setup_model()
+        return super().train()
+
+    def _setup_train(self):
+        """The engine's AMP check downloads a YOLO26 model; sodet enables AMP on CUDA without it."""
+        amp = self.args.amp
+        wants_amp = amp not in {False, "fp32", "bf16"}
+        if wants_amp:
+            self.args.amp = False
+        try:
+            super()._setup_train()
+        finally:
+            self.args.amp = amp
+        if wants_amp and self.device.type == "cuda":
+            self.amp = True
+            self.scaler = torch.amp.GradScaler("cuda", enabled=True)
+            if RANK in {-1, 0}:
+                LOGGER.info(f"{colorstr('sodet:')} AMP on ({torch.cuda.get_device_name(self.device)})")
+
+    # data --------------------------------------------------------------------------------------------------
+    def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
+        gs = max(int(unwrap_model(self.model).stride.max()), 32)
+        return build_dataset(self.args, img_path, batch, self.data, mode, gs, self.options)
+
+    def _close_dataloader_mosaic(self):
+        super()._close_dataloader_mosaic()
+        model = unwrap_model(self.model)
+        if hasattr(model, "enable_l1"):  # YOLOX's recipe: L1 box term in the last, unaugmented epochs
+            model.enable_l1(True)
+
+    def plot_training_labels(self):
+        """The engine's label plots need every label of the set; skipped for sets without boxes."""
+        if sum(len(lb["bboxes"]) for lb in self.train_loader.dataset.labels):
+            super().plot_training_labels()
+
+    # validation --------------------------------------------------------------------------------------------
+    def get_validator(self):
+        self.loss_names = self.loss_names or ()
+        return SodetValidator(
+            self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks, options=self.options
+        )
+
+    def save_metrics(self, metrics):
+        """Add what copy-paste did to the run record, once per epoch."""
+        super().save_metrics(metrics)
+        ds = getattr(self.train_loader, "dataset", None)
+        if ds is not None and getattr(ds, "paste_stats", None) and self.options.copy_paste:
+            from ultralytics.utils import YAML
+
+            YAML.save(self.save_dir / "copy_paste.yaml", dict(ds.paste_stats))

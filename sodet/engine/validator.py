@@ -1,0 +1,123 @@
+"""sodet's validator: the engine's detection validation plus COCO AP/AR per object size.
+
+The engine's own mAP has no size buckets and differs from COCOeval; here predictions are written in original
+image coordinates with the dataset's real image and category ids, and scored against the original COCO json
+(whose ``area`` decides the buckets), or against a json built from YOLO labels.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ultralytics.models.yolo.detect import DetectionValidator
+from ultralytics.utils import LOGGER, ops
+
+from sodet.engine.build import build_dataset
+from sodet.options import RunOptions
+
+SIZE_KEYS = {"APs": "metrics/mAP_small(B)", "APm": "metrics/mAP_medium(B)", "APl": "metrics/mAP_large(B)"}
+
+
+def find_options(model) -> RunOptions | None:
+    """The RunOptions a model carries, looking through the engine's wrappers (AutoBackend, DDP, EMA)."""
+    seen = 0
+    while model is not None and seen < 4:
+        opts = getattr(model, "sodet", None)
+        if isinstance(opts, RunOptions):
+            return opts
+        model = model.__dict__.get("model") or model.__dict__.get("module") or model.__dict__.get("_modules", {}).get("model")
+        seen += 1
+    return None
+
+
+class SodetValidator(DetectionValidator):
+    """DetectionValidator that builds sodet's dataset and reports the 12 COCO numbers per size bucket."""
+
+    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, options: RunOptions | None = None):
+        super().__init__(dataloader, save_dir, args, _callbacks)
+        self.options = options
+        self.coco_metrics: dict | None = None
+        self.metrics_path: Path | None = None
+
+    def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
+        return build_dataset(self.args, img_path, batch, self.data, "val", int(self.stride), self.options or RunOptions())
+
+    def init_metrics(self, model) -> None:
+        self.options = self.options or find_options(model)
+        self.args.save_json = True  # sodet always scores with COCOeval
+        super().init_metrics(model)
+        self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
+        ds = self.dataloader.dataset
+        split = ds.split_labels
+        self.class_map = split.category_ids if split else list(range(1, len(model.names) + 1))
+        self.image_ids = {lb["im_file"]: m["image_id"] for lb, m in zip(ds.labels, ds.meta)}
+
+    def pred_to_json(self, predn, pbatch) -> None:
+        """Detections in original pixels, with the dataset's own image and category ids."""
+        image_id = self.image_ids[pbatch["im_file"]]
+        box = ops.xyxy2ltwh(predn["bboxes"])
+        for b, s, c in zip(box.tolist(), predn["conf"].tolist(), predn["cls"].tolist()):
+            self.jdict.append(
+                {"image_id": image_id, "category_id": self.class_map[int(c)], "bbox": [round(x, 3) for x in b], "score": round(s, 5)}
+            )
+
+    # COCO evaluation ---------------------------------------------------------------------------------------
+    def ground_truth(self):
+        """The COCO ground truth of the evaluated images: the original json (restricted), or one from labels."""
+        ds = self.dataloader.dataset
+        if ds.split_labels is not None:
+            return ds.split_labels.gt_json
+        from sodet.data.yolo_gt import gt_from_labels
+
+        return gt_from_labels(ds.labels, ds.meta, [self.names[i] for i in range(len(self.names))])
+
+    def dataset_identity(self) -> dict:
+        ds = self.dataloader.dataset
+        root = self.data.get("sodet_coco")
+        split = Path(ds.img_path if isinstance(ds.img_path, str) else ds.img_path[0]).name
+        gt = str(Path(root) / "annotations" / f"{split}.json") if root else str(self.data.get("yaml_file", ""))
+        return {"gt": gt, "split": split, "classes": [self.names[i] for i in range(len(self.names))], "num_images": len(ds.labels)}
+
+    def evaluate_coco(self) -> dict:
+        from sodet.eval.cocoeval import evaluate
+
+        return evaluate(self.ground_truth(), self.jdict, max_dets=100)
+
+    def eval_json(self, stats: dict) -> dict:
+        if self.training:
+            self.coco_metrics = self.evaluate_coco()
+        if self.coco_metrics:
+            for k, key in SIZE_KEYS.items():
+                v = self.coco_metrics.get(k)
+                stats[key] = -1.0 if v is None else float(v)
+        return stats
+
+    def finalize_metrics(self) -> None:
+        super().finalize_metrics()
+        if self.training:
+            return
+        from sodet.eval.metrics_io import write_metrics
+        from sodet.eval.tables import format_table
+
+        self.coco_metrics = self.evaluate_coco()
+        self.metrics_path = write_metrics(
+            self.save_dir,
+            self.coco_metrics,
+            options=self.run_record(),
+            dataset=self.dataset_identity(),
+            speed={k: self.speed[k] for k in ("preprocess", "inference", "postprocess")},
+            predictions=self.jdict,
+        )
+        from rich.console import Console
+
+        Console().print(format_table(self.coco_metrics))
+        LOGGER.info(
+            "Speed per image: {preprocess:.1f} ms preprocess, {inference:.1f} ms inference, "
+            "{postprocess:.1f} ms postprocess".format(**self.speed)
+        )
+
+    def run_record(self) -> dict:
+        """Options of the run: the engine's arguments that shape evaluation, and sodet's own."""
+        engine = {k: getattr(self.args, k, None) for k in ("model", "data", "imgsz", "batch", "conf", "iou", "max_det", "split", "device")}
+        return {"engine": {k: str(v) if isinstance(v, Path) else v for k, v in engine.items()}, "sodet": (self.options or RunOptions()).to_dict()}
+

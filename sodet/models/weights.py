@@ -1,0 +1,100 @@
+"""Loading weights into sodet's models: official YOLOX checkpoints, Ultralytics ``.pt`` and sodet's own runs.
+
+When a checkpoint predicts the 80 COCO classes and the data holds a subset (person, car), the class outputs
+are taken by class NAME, so a subset keeps its pretrained classifier.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from ultralytics.utils import LOGGER
+
+from sodet.errors import SodetError
+
+COCO80 = None  # filled lazily from the engine's coco.yaml
+
+
+def coco80_names() -> list[str]:
+    global COCO80
+    if COCO80 is None:
+        from ultralytics.cfg import get_cfg  # noqa: F401  (ensures package data is present)
+        from ultralytics.utils import ROOT, YAML
+
+        COCO80 = list(YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"].values())
+    return COCO80
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with a one-line error for missing or unreadable files."""
+    p = Path(path)
+    if not p.is_file():
+        raise SodetError(
+            f"weights file not found: {p} (official YOLOX weights: github.com/Megvii-BaseDetection/YOLOX releases; "
+            "put the .pth file there or pass --weights FILE)"
+        )
+    try:
+        return torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:
+        raise SodetError(f"cannot read weights file {p}: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+def class_rows(src_names: list[str], dst_names: list[str]) -> list[int | None]:
+    """For each target class, the row of the same name in the source head (None when absent)."""
+    pos = {n: i for i, n in enumerate(src_names)}
+    return [pos.get(n) for n in dst_names]
+
+
+def load_yolox_state(model, state: dict, src_names: list[str] | None = None) -> None:
+    """Load a YOLOX state dict; class prediction rows are picked by name when the class counts differ."""
+    own = model.state_dict()
+    dst_names = [model.names[i] for i in range(model.nc)]
+    new = {}
+    for k, v in state.items():
+        if k not in own:
+            raise SodetError(f"weights do not fit {model.yaml['name']}: unexpected key {k}")
+        if ".cls_preds." in k and v.shape[0] != own[k].shape[0]:
+            rows = class_rows(src_names or coco80_names()[: v.shape[0]], dst_names)
+            if all(r is None for r in rows):
+                raise SodetError(f"checkpoint classes share no name with the data classes {dst_names}")
+            t = own[k].clone()
+            for i, r in enumerate(rows):
+                if r is not None:
+                    t[i] = v[r]
+            v = t
+        if v.shape != own[k].shape:
+            raise SodetError(
+                f"weights do not fit {model.yaml['name']}: {k} is {tuple(v.shape)}, model has {tuple(own[k].shape)}"
+            )
+        new[k] = v
+    missing = [k for k in own if k not in new]
+    if missing:
+        raise SodetError(f"weights do not fit {model.yaml['name']}: {len(missing)} keys missing, e.g. {missing[0]}")
+    model.load_state_dict(new)
+    absent = [n for n, r in zip(dst_names, class_rows(src_names or coco80_names(), dst_names)) if r is None]
+    if absent and any(".cls_preds." in k for k in state):
+        LOGGER.warning(f"classes {absent} not in the checkpoint: their outputs start untrained")
+
+
+def load_weights(model, path: str | Path) -> None:
+    """Load any supported checkpoint file into a sodet model (YOLOX adapter or Ultralytics DetectionModel)."""
+    ckpt = read_checkpoint(path)
+    source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else ckpt
+    family = getattr(model, "yaml", {}).get("family", "yolo")
+    if isinstance(source, torch.nn.Module):  # an engine checkpoint (sodet's or Ultralytics')
+        names = getattr(source, "names", None)
+        src_names = [names[i] for i in range(len(names))] if names else None
+        if family == "yolox":
+            if getattr(source, "yaml", {}).get("family") != "yolox":
+                raise SodetError(f"{path} is not a YOLOX checkpoint (cannot load into {model.yaml['name']})")
+            load_yolox_state(model, source.float().state_dict(), src_names)
+        else:
+            if getattr(source, "yaml", {}).get("family") == "yolox":
+                raise SodetError(f"{path} holds a YOLOX model, not an Ultralytics YOLO one")
+            model.load(source.float())
+        return
+    if isinstance(source, dict) and family == "yolox":  # official YOLOX: {"model": state_dict}
+        load_yolox_state(model, source)
+        return
+    raise SodetError(f"{path}: unsupported checkpoint layout for a {family} model")

@@ -1,0 +1,130 @@
+"""YOLOX (pixeltable-yolox's YoloPafpn + YoloxHead) behind the Ultralytics engine's model contract.
+
+The engine feeds RGB images in 0-1 and expects ``(B, 4 + nc, N)`` predictions with activated scores and a
+``loss(batch)`` returning ``(loss * batch_size, items)``. Official YOLOX weights expect BGR 0-255, so the
+adapter converts at its input; YOLOX's own SimOTA loss is used unchanged (its box term is replaceable).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from yolox.config import YoloxConfig
+
+from sodet.models.registry import register_model
+
+YOLOX_STRIDES = (8.0, 16.0, 32.0)
+
+
+class YoloxDetector(nn.Module):
+    """A YOLOX network that the engine can train, validate, checkpoint, resume and deep-copy."""
+
+    task = "detect"
+
+    def __init__(self, name: str = "yolox-nano", nc: int = 80, names: dict | None = None):
+        super().__init__()
+        cfg = YoloxConfig.get_named_config(name.replace("-", "_"))
+        cfg.num_classes = nc
+        net = cfg.get_model()  # official init: BN eps 1e-3 / momentum 0.03, prior-0.01 biases
+        self.backbone, self.head = net.backbone, net.head
+        self.nc = nc
+        self.names = names or {i: str(i) for i in range(nc)}
+        self.stride = torch.tensor(YOLOX_STRIDES)
+        self.yaml = {"family": "yolox", "name": name, "nc": nc, "channels": 3}
+        self.args = {}
+        self.criterion = None  # the loss lives in YOLOX's head; the engine only checks the attribute
+        self.max_det = 300
+
+    @property
+    def model(self) -> nn.ModuleList:
+        """Indexable view (the engine reads ``model[-1]`` as the head); the real modules stay ``backbone``/``head``
+        so state-dict keys keep the official YOLOX checkpoint layout."""
+        return nn.ModuleList([self.backbone, self.head])
+
+    @staticmethod
+    def to_yolox_input(img: torch.Tensor) -> torch.Tensor:
+        """Engine batches are RGB in 0-1; YOLOX weights expect BGR in 0-255."""
+        return img.flip(1) * 255.0
+
+    def forward(self, x, *args, **kwargs):
+        if isinstance(x, dict):  # training step: the engine passes the batch
+            return self.loss(x, *args, **kwargs)
+        return self.predict(x)
+
+    def predict(self, img: torch.Tensor) -> torch.Tensor:
+        """(B, 4 + nc, N): xywh centre boxes in input pixels, scores = objectness * class probability."""
+        was = self.head.training
+        self.head.training = False  # decoded outputs even inside a training-mode model
+        try:
+            out = self.head(self.backbone(self.to_yolox_input(img)))
+        finally:
+            self.head.training = was
+        return torch.cat([out[..., :4], out[..., 4:5] * out[..., 5:]], -1).permute(0, 2, 1)
+
+    @staticmethod
+    def yolox_targets(batch: dict, max_objects: int | None = None) -> torch.Tensor:
+        """Engine targets (normalised xywh, flat with batch_idx) as YOLOX's (B, M, 5) [cls, cx, cy, w, h] pixels."""
+        img = batch["img"]
+        b, _, h, w = img.shape
+        idx = batch["batch_idx"].long().view(-1)
+        counts = torch.bincount(idx, minlength=b) if idx.numel() else torch.zeros(b, dtype=torch.long)
+        m = max(int(counts.max()) if counts.numel() else 0, 1)
+        targets = img.new_zeros((b, max_objects or m, 5))
+        if idx.numel():
+            boxes = batch["bboxes"].to(img.dtype) * img.new_tensor([w, h, w, h])
+            rows = torch.cat([batch["cls"].view(-1, 1).to(img.dtype), boxes], 1)
+            order = torch.argsort(idx, stable=True)
+            starts = torch.cumsum(counts, 0) - counts
+            slot = torch.arange(idx.numel(), device=idx.device) - starts[idx[order]]
+            targets[idx[order], slot] = rows[order]
+        return targets
+
+    def loss(self, batch: dict, preds=None):
+        """YOLOX's own SimOTA loss. In eval mode too (the validator asks for it): only the head's own flag flips,
+        so no BatchNorm statistics change."""
+        img = batch["img"]
+        x = self.to_yolox_input(img)
+        targets = self.yolox_targets(batch)
+        was = self.head.training
+        self.head.training = True
+        try:
+            total, iou, obj, cls, l1, _ = self.head(self.backbone(x), targets, x)
+        finally:
+            self.head.training = was
+        items = {
+            "box_loss": iou.detach(),
+            "obj_loss": obj.detach(),
+            "cls_loss": cls.detach(),
+            "l1_loss": torch.as_tensor(l1, dtype=total.dtype, device=total.device).detach(),
+        }
+        return total * img.shape[0], items
+
+    # engine hooks -------------------------------------------------------------------------------------------
+    def set_head_attr(self, **kwargs):
+        """The engine sets NMS-related head attributes; YOLOX's NMS happens in the validator, so only record them."""
+        for k, v in kwargs.items():
+            setattr(self, k, v)
+
+    def fuse(self, verbose: bool = False):
+        """Fold BatchNorm into convolutions for inference (same outputs, faster)."""
+        from yolox.utils import fuse_model
+
+        fuse_model(self)
+        return self
+
+    def enable_l1(self, on: bool = True) -> None:
+        """YOLOX adds an L1 box term once strong augmentation stops (its last epochs)."""
+        self.head.use_l1 = on
+
+
+def _yolox(name: str):
+    def build(nc: int, names: dict | None = None) -> YoloxDetector:
+        return YoloxDetector(name, nc, names)
+
+    return build
+
+
+for _name, _size in (("nano", 416), ("tiny", 416), ("s", 640), ("m", 640), ("l", 640), ("x", 640)):
+    register_model(
+        f"yolox-{_name}", "yolox", _size, "yolox_nano_coco_fusedbn.pth" if _name == "nano" else None
+    )(_yolox(f"yolox-{_name}"))
