@@ -35,50 +35,50 @@ class PasteResult:
 
 @dataclass
 class _Piece:
-    """An object cut out of the image, in its own coordinates (origin = top-left pixel of ``patch``)."""
+    """An object cut out of an image, in a frame where the patch's top-left pixel sits at ``origin``.
+
+    A piece cut from the image keeps the image's own coordinates (origin = where the patch was cut), so pasting
+    it is a pure shift; a jittered piece has its own frame (origin 0, 0).
+    """
 
     patch: np.ndarray  # (h, w, C) source pixels
     mask: np.ndarray  # (h, w) bool: which of them belong to the object
-    box: np.ndarray  # (4,) the object's box
-    polygon: list | None  # the object's polygon parts, or None
-    footprint: np.ndarray  # (4,) box covering both ``box`` and every patch pixel: what must find a free place
+    origin: tuple[int, int]  # (x, y) of the patch's top-left pixel in the piece's frame
+    box: tuple[float, float, float, float]  # the object's xyxy box
+    polygon: list | None  # the object's polygon parts (float32 (K, 2)), or None
+    footprint: tuple[float, float, float, float]  # covers ``box`` and every patch pixel: what needs a free place
 
 
 def _as_boxes(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64).reshape(-1, 4)
 
 
-def _cut_piece(img: np.ndarray, box: np.ndarray, polygon) -> _Piece | None:
+def _cut_piece(img: np.ndarray, box: list[float], polygon) -> _Piece | None:
     """Cut one object: the pixels under its polygon mask, or its rounded box patch without a polygon."""
     h, w = img.shape[:2]
-    parts = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygon] if polygon is not None else []
+    parts = [np.asarray(p, dtype=np.float32).reshape(-1, 2) for p in polygon] if polygon is not None else []
     parts = [p for p in parts if len(p) >= 3]
     if parts:
-        ints = [np.round(p).astype(np.int32) for p in parts]
-        allpts = np.concatenate(ints)
-        x0, y0 = np.maximum(allpts.min(0), 0)
-        x1, y1 = np.minimum(allpts.max(0) + 1, (w, h))
+        ints = [np.rint(p).astype(np.int32) for p in parts]
+        allpts = ints[0] if len(ints) == 1 else np.concatenate(ints)
+        (x0, y0), (x1, y1) = allpts.min(0).tolist(), allpts.max(0).tolist()
+        x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1 + 1, w), min(y1 + 1, h)
         if x1 <= x0 or y1 <= y0:
             return None
         mask = np.zeros((y1 - y0, x1 - x0), np.uint8)
-        cv2.fillPoly(mask, [p - np.array([x0, y0], np.int32) for p in ints], 1)
-        mask = mask.astype(bool)
+        cv2.fillPoly(mask, ints, 1, offset=(-x0, -y0))
+        mask = mask.view(bool)
         if not mask.any():
             return None
-        origin = np.array([x0, y0], np.float64)
-        local_parts = [(p - origin).astype(np.float32) for p in parts]
     else:
-        x0, y0, x1, y1 = np.round(box).astype(int)
+        x0, y0, x1, y1 = (int(round(v)) for v in box)
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         if x1 <= x0 or y1 <= y0:
             return None
         mask = np.ones((y1 - y0, x1 - x0), bool)
-        origin = np.array([x0, y0], np.float64)
-        local_parts = None
-    local_box = box - np.tile(origin, 2)
-    region = np.array([0, 0, x1 - x0, y1 - y0], np.float64)
-    footprint = np.concatenate([np.minimum(local_box[:2], region[:2]), np.maximum(local_box[2:], region[2:])])
-    return _Piece(img[y0:y1, x0:x1], mask, local_box, local_parts, footprint)
+        parts = None
+    footprint = (min(box[0], x0), min(box[1], y0), max(box[2], x1), max(box[3], y1))
+    return _Piece(img[y0:y1, x0:x1], mask, (x0, y0), tuple(box), parts, footprint)
 
 
 def _jitter_piece(piece: _Piece, rng: np.random.Generator) -> _Piece | None:
@@ -104,34 +104,40 @@ def _jitter_piece(piece: _Piece, rng: np.random.Generator) -> _Piece | None:
     mask = mask[ty0:ty1, tx0:tx1]
     polygon = None
     if piece.polygon is not None:
-        shift = np.array([tx0, ty0], np.float64)
+        shift = np.array(piece.origin, np.float64) @ m[:, :2].T + np.array([tx0, ty0], np.float64)
         polygon = [(p.astype(np.float64) @ m[:, :2].T + m[:, 2] - shift).astype(np.float32) for p in piece.polygon]
-    box = np.array([0, 0, tx1 - tx0, ty1 - ty0], np.float64)
-    return _Piece(patch, mask, box, polygon, box.copy())
+    box = (0.0, 0.0, float(tx1 - tx0), float(ty1 - ty0))
+    return _Piece(patch, mask, (0, 0), box, polygon, box)
 
 
-def _free_offset(footprint: np.ndarray, occupied: np.ndarray, width: int, height: int,
+CHECK_BLOCK = 8  # candidate places checked per vectorised step: most images have room, so the first block wins
+
+
+def _free_offset(footprint: tuple[float, float, float, float], occupied: np.ndarray, width: int, height: int,
                  rng: np.random.Generator, max_tries: int) -> tuple[int, int] | None:
     """A uniformly random integer shift putting ``footprint`` inside the image, clear of all ``occupied`` boxes.
 
-    All ``max_tries`` candidates are drawn and checked against all boxes at once; the first free one wins.
+    All ``max_tries`` candidates are drawn at once (the draw does not depend on the image's contents), then
+    checked against all boxes at once, a block at a time; the first free one wins. Touching is allowed.
     """
-    lo_x, hi_x = math.ceil(-footprint[0]), math.floor(width - footprint[2])
-    lo_y, hi_y = math.ceil(-footprint[1]), math.floor(height - footprint[3])
+    fx0, fy0, fx1, fy1 = footprint
+    lo_x, hi_x = math.ceil(-fx0), math.floor(width - fx1)
+    lo_y, hi_y = math.ceil(-fy0), math.floor(height - fy1)
     if hi_x < lo_x or hi_y < lo_y or max_tries < 1:
         return None
-    dx = rng.integers(lo_x, hi_x + 1, size=max_tries)
-    dy = rng.integers(lo_y, hi_y + 1, size=max_tries)
+    u = rng.random((max_tries, 2))
+    dx = np.minimum(lo_x + np.floor(u[:, 0] * (hi_x - lo_x + 1)), hi_x)
+    dy = np.minimum(lo_y + np.floor(u[:, 1] * (hi_y - lo_y + 1)), hi_y)
     if len(occupied) == 0:
         return int(dx[0]), int(dy[0])
-    cand = footprint[None, :] + np.stack([dx, dy, dx, dy], 1)  # (T, 4)
-    inter_w = np.minimum(cand[:, None, 2], occupied[None, :, 2]) - np.maximum(cand[:, None, 0], occupied[None, :, 0])
-    inter_h = np.minimum(cand[:, None, 3], occupied[None, :, 3]) - np.maximum(cand[:, None, 1], occupied[None, :, 1])
-    free = ~((inter_w > 0) & (inter_h > 0)).any(1)
-    hit = np.flatnonzero(free)
-    if hit.size == 0:
-        return None
-    return int(dx[hit[0]]), int(dy[hit[0]])
+    ox0, oy0, ox1, oy1 = occupied.T
+    for start in range(0, max_tries, CHECK_BLOCK):
+        x, y = dx[start:start + CHECK_BLOCK, None], dy[start:start + CHECK_BLOCK, None]
+        free = ((x + fx1 <= ox0) | (x + fx0 >= ox1) | (y + fy1 <= oy0) | (y + fy0 >= oy1)).all(1)
+        hit = np.flatnonzero(free)
+        if hit.size:
+            return int(x[hit[0], 0]), int(y[hit[0], 0])
+    return None
 
 
 def paste_small_objects(img, boxes, polygons, small, blocked, rng, copies=1, jitter=False, max_tries=50) -> PasteResult:
@@ -148,29 +154,38 @@ def paste_small_objects(img, boxes, polygons, small, blocked, rng, copies=1, jit
     if len(small) != len(boxes) or len(polygons) != len(boxes):
         raise ValueError(f"boxes ({len(boxes)}), polygons ({len(polygons)}) and small ({len(small)}) differ in length")
     height, width = img.shape[:2]
-    occupied = np.concatenate([boxes, blocked])
+    to_paste = np.flatnonzero(small).tolist()
+    # every box a paste must avoid: objects, crowd regions, then each paste as it lands
+    occupied = np.empty((len(boxes) + len(blocked) + len(to_paste) * copies, 4))
+    n_occupied = len(boxes) + len(blocked)
+    occupied[:len(boxes)], occupied[len(boxes):n_occupied] = boxes, blocked
+    box_list = boxes.tolist()
     out = img
     new_boxes, new_polygons, sources = [], [], []
     skipped = 0
-    for i in np.flatnonzero(small):
-        base = _cut_piece(img, boxes[i], polygons[i])
+    for i in to_paste:
+        base = _cut_piece(img, box_list[i], polygons[i])
         for _ in range(copies):
             piece = base if (base is None or not jitter) else _jitter_piece(base, rng)
-            offset = None if piece is None else _free_offset(piece.footprint, occupied, width, height, rng, max_tries)
+            offset = None if piece is None else _free_offset(piece.footprint, occupied[:n_occupied], width, height,
+                                                             rng, max_tries)
             if offset is None:
                 skipped += 1
                 continue
             dx, dy = offset
-            ph, pw = piece.mask.shape
             if out is img:
                 out = img.copy()
-            dest = out[dy:dy + ph, dx:dx + pw]
-            dest[piece.mask] = piece.patch[piece.mask]
-            shift = np.array([dx, dy, dx, dy], np.float64)
-            occupied = np.concatenate([occupied, (piece.footprint + shift)[None]])
-            new_boxes.append(piece.box + shift)
-            new_polygons.append(None if piece.polygon is None
-                                else [p + np.array([dx, dy], np.float32) for p in piece.polygon])
+            ph, pw = piece.mask.shape
+            px, py = piece.origin[0] + dx, piece.origin[1] + dy
+            dest = out[py:py + ph, px:px + pw]
+            np.copyto(dest, piece.patch, where=piece.mask if dest.ndim == 2 else piece.mask[..., None])
+            f = piece.footprint
+            occupied[n_occupied] = (f[0] + dx, f[1] + dy, f[2] + dx, f[3] + dy)
+            n_occupied += 1
+            b = piece.box
+            new_boxes.append((b[0] + dx, b[1] + dy, b[2] + dx, b[3] + dy))
+            shift = np.array([dx, dy], np.float32)
+            new_polygons.append(None if piece.polygon is None else [p + shift for p in piece.polygon])
             sources.append(i)
     return PasteResult(
         img=out,
