@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -320,3 +321,51 @@ def test_install_rejects_other_objects():
         install_yolox(torch.nn.Linear(1, 1), 0.95)
     with pytest.raises(TypeError):
         install_ultralytics(object(), 0.95)
+
+
+# ---------------------------------------------------------------- a short training run with the option on
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+STEM_DOWNLOAD = pytest.mark.xfail(
+    strict=True,
+    reason="the engine's check_model_file_from_stem turns 'yolo11n' into 'yolo11n.pt' (likewise yolo26n) and setup_model then tries "
+    "to download it; remove this mark once the trainer passes Ultralytics names that are not download stems",
+)
+
+
+@pytest.mark.parametrize(
+    "model_name",
+    ["yolox-nano", pytest.param("yolo11n", marks=STEM_DOWNLOAD), pytest.param("yolo26n", marks=STEM_DOWNLOAD)],
+)
+def test_short_training_run_uses_weighted_loss(model_name, tmp_path, monkeypatch):
+    """One epoch on coco-pc-mini at 128 px with --weighted-loss 0.95: the weighted loss runs and is saved."""
+    from sodet import api
+
+    calls = []
+    for cls in (SmallWeightedIouLoss, SmallWeightedBboxLoss):
+        monkeypatch.setattr(cls, "forward", _counting(cls.forward, calls))
+    run = api.train(
+        model=model_name, data=str(ROOT / "datasets" / "coco-pc-mini"), weighted_loss=0.95, epochs=1, imgsz=128,
+        batch=8, workers=0, device="cpu", project=str(tmp_path), name="run", plots=False, val=False,
+    )
+    assert len(calls) >= 4  # 32 images, batch 8: one weighted box loss per training step at least
+    ckpt = torch.load(Path(run) / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    model = (ckpt.get("ema") or ckpt["model"]).float()
+    assert model.sodet.weighted_loss == 0.95 and model.sodet.weight_form == "study"
+    if model_name == "yolox-nano":
+        assert isinstance(model.head.iou_loss, SmallWeightedIouLoss) and model.head.iou_loss.weight == 0.95
+    else:
+        criterion = model.init_criterion()
+        for loss in [criterion.one2many, criterion.one2one] if isinstance(criterion, E2ELoss) else [criterion]:
+            assert isinstance(loss.bbox_loss, SmallWeightedBboxLoss) and loss.bbox_loss.weight == 0.95
+
+
+def _counting(forward, calls: list):
+    def counted(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        return forward(self, *args, **kwargs)
+
+    return counted
