@@ -9,9 +9,11 @@ precision/recall array (COCOeval evaluates categories independently, so slicing 
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -57,8 +59,10 @@ def evaluate(
     if max_dets < 10:
         raise SodetError(f"max_dets must be at least 10 (AR1 and AR10 are part of the summary), got {max_dets}")
     gt_dict = load_gt(gt)
-    kept = cap_per_image(check_detections(gt_dict, detections), max_dets)
-    precision, recall, params = _accumulate(gt_dict, kept, max_dets, resolve_backend(backend))
+    with _collector_paused():
+        columns = check_detections(gt_dict, detections)
+        keep = top_indices(columns.image_ids, columns.scores, max_dets)
+        precision, recall, params = _accumulate(gt_dict, columns, keep, max_dets, resolve_backend(backend))
     names = {c["id"]: c["name"] for c in gt_dict["categories"]}
     metrics: dict[str, Any] = summarize(precision, recall, params)
     metrics["per_class"] = {
@@ -91,65 +95,77 @@ def load_gt(gt: Mapping[str, Any] | str | PathLike) -> dict[str, Any]:
     return dict(gt)
 
 
-def check_detections(gt: Mapping[str, Any], detections: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Detections reduced to the four fields COCOeval reads, as fresh dicts; malformed input or ids that the
-    ground truth does not know raise one-line SodetErrors instead of a KeyError or wrong numbers deep inside
-    COCOeval (which silently ignores unknown categories)."""
-    detections = list(detections)
-    for i, d in enumerate(detections):
-        if not isinstance(d, Mapping) or any(k not in d for k in _DETECTION_KEYS):
-            raise SodetError(
-                f"prediction #{i} is not a COCO result: expected keys {', '.join(_DETECTION_KEYS)}, got {d!r:.120}"
-            )
-    if not detections:
-        return []
+@dataclass
+class DetectionColumns:
+    """Detections as columns: ids as given, boxes [N, 4] (x, y, w, h) and scores [N] as float64."""
+
+    image_ids: list[Any]
+    category_ids: list[Any]
+    boxes: np.ndarray
+    scores: np.ndarray
+
+
+def check_detections(gt: Mapping[str, Any], detections: Iterable[Mapping[str, Any]]) -> DetectionColumns:
+    """Detections as columns; malformed input or ids that the ground truth does not know raise one-line
+    SodetErrors instead of a KeyError or wrong numbers deep inside COCOeval (which silently ignores detections of
+    unknown categories)."""
+    detections = detections if isinstance(detections, list) else list(detections)
     try:
-        boxes = np.asarray([d["bbox"] for d in detections], dtype=np.float64)
-        scores = np.asarray([d["score"] for d in detections], dtype=np.float64)
+        image_ids = [d["image_id"] for d in detections]
+        category_ids = [d["category_id"] for d in detections]
+        bboxes = [d["bbox"] for d in detections]
+        scores_list = [d["score"] for d in detections]
+    except (KeyError, TypeError, IndexError):
+        i, d = next((i, d) for i, d in enumerate(detections) if not _is_result(d))
+        raise SodetError(
+            f"prediction #{i} is not a COCO result: expected keys {', '.join(_DETECTION_KEYS)}, got {d!r:.120}"
+        ) from None
+    try:
+        boxes = np.asarray(bboxes, dtype=np.float64).reshape(len(bboxes), -1 if bboxes else 4)
+        scores = np.asarray(scores_list, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise SodetError(f"predictions need 'bbox' as 4 numbers [x, y, w, h] and a numeric 'score' ({e})") from None
-    if boxes.ndim != 2 or boxes.shape[1] != 4:
-        raise SodetError("predictions need 'bbox' as 4 numbers [x, y, w, h] in original image pixels")
+    if boxes.shape[1] != 4 or scores.ndim != 1:
+        raise SodetError("predictions need 'bbox' as 4 numbers [x, y, w, h] in original image pixels and one 'score'")
     bad = ~(np.isfinite(boxes).all(axis=1) & np.isfinite(scores))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise SodetError(f"{int(bad.sum())} predictions have non-finite bbox or score (e.g. prediction #{i})")
 
-    image_ids = {img["id"] for img in gt["images"]}
-    unknown = [d["image_id"] for d in detections if d["image_id"] not in image_ids]
+    known_images = {img["id"] for img in gt["images"]}
+    unknown = [i for i in image_ids if i not in known_images]
     if unknown:
         raise SodetError(
             f"{len(unknown)} of {len(detections)} predictions are for image ids that the ground truth does not hold "
             f"(e.g. image_id {unknown[0]!r}); predictions and ground truth must come from the same split"
         )
-    category_ids = {c["id"] for c in gt["categories"]}
-    unknown = [d["category_id"] for d in detections if d["category_id"] not in category_ids]
+    known_categories = {c["id"] for c in gt["categories"]}
+    unknown = [c for c in category_ids if c not in known_categories]
     if unknown:
         raise SodetError(
             f"{len(unknown)} of {len(detections)} predictions have category ids that the ground truth does not hold "
-            f"(e.g. category_id {unknown[0]!r}; known: {sorted(category_ids)}); map class indices to COCO category ids"
+            f"(e.g. category_id {unknown[0]!r}; known: {sorted(known_categories)}); map class indices to COCO category ids"
         )
-    return [
-        {"image_id": d["image_id"], "category_id": d["category_id"], "bbox": [float(v) for v in box], "score": float(s)}
-        for d, box, s in zip(detections, boxes, scores)
-    ]
+    return DetectionColumns(image_ids, category_ids, boxes, scores)
 
 
-def cap_per_image(detections: list[dict[str, Any]], max_dets: int) -> list[dict[str, Any]]:
-    """The ``max_dets`` highest-scoring detections of each image, in input order; among equal scores the earlier
-    detection wins. COCOeval itself truncates per image AND class, and the two backends may break ties differently."""
-    if not detections:
-        return []
-    image_ids = np.asarray([d["image_id"] for d in detections])
-    scores = np.asarray([d["score"] for d in detections], dtype=np.float64)
-    order = np.lexsort((-scores, image_ids))  # by image, then by descending score; stable for ties
-    sorted_images = image_ids[order]
+def top_indices(image_ids: list[Any], scores: np.ndarray, max_dets: int) -> np.ndarray:
+    """Indices, ascending, of the ``max_dets`` highest-scoring detections of each image; among equal scores the
+    earlier detection wins. COCOeval itself truncates per image AND class, and backends may break ties differently."""
+    if not len(image_ids):
+        return np.zeros(0, dtype=np.int64)
+    _, image_index = np.unique(np.asarray(image_ids), return_inverse=True)
+    order = np.lexsort((-np.asarray(scores, dtype=np.float64), image_index))  # by image, then score descending
+    sorted_images = image_index[order]
     group_start = np.r_[True, sorted_images[1:] != sorted_images[:-1]]
     start_index = np.maximum.accumulate(np.where(group_start, np.arange(len(order)), 0))
     rank_in_image = np.arange(len(order)) - start_index
-    keep = np.sort(order[rank_in_image < max_dets])
-    if len(keep) == len(detections):
-        return detections
+    return np.sort(order[rank_in_image < max_dets])
+
+
+def cap_per_image(detections: list[dict[str, Any]], max_dets: int) -> list[dict[str, Any]]:
+    """The ``max_dets`` highest-scoring detections of each image, in input order (see top_indices)."""
+    keep = top_indices([d["image_id"] for d in detections], np.asarray([d["score"] for d in detections]), max_dets)
     return [detections[i] for i in keep]
 
 
@@ -185,7 +201,7 @@ def summarize(
 
 
 def _accumulate(
-    gt: Mapping[str, Any], detections: list[dict[str, Any]], max_dets: int, backend: str
+    gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray, max_dets: int, backend: str
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run COCOeval's evaluate + accumulate; returns precision [T,R,K,A,M], recall [T,K,A,M] and the parameters."""
     if backend == "faster-coco-eval":
@@ -196,7 +212,7 @@ def _accumulate(
 
     coco_gt, coco_dt = COCO(), COCO()
     coco_gt.dataset = _gt_dataset(gt)
-    coco_dt.dataset = _result_dataset(gt, detections)
+    coco_dt.dataset = _result_dataset(gt, detections, keep)
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
         coco_gt.createIndex()
         coco_dt.createIndex()
@@ -232,10 +248,39 @@ def _gt_dataset(gt: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _result_dataset(gt: Mapping[str, Any], detections: list[dict[str, Any]]) -> dict[str, Any]:
-    """What COCO.loadRes builds for box results (area = w*h, ids 1..N, not crowd), without its polygon copy of
-    every box (unused for bbox IoU) and without its crash on an empty result list."""
+def _result_dataset(gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray) -> dict[str, Any]:
+    """What COCO.loadRes builds for box results (area = w*h, ids 1..N, not crowd), for the kept detections, without
+    its polygon copy of every box (unused for bbox IoU) and without its crash on an empty result list."""
+    boxes = detections.boxes[keep]
     annotations = [
-        dict(d, area=d["bbox"][2] * d["bbox"][3], id=i, iscrowd=0) for i, d in enumerate(detections, start=1)
-    ]
+        {"image_id": image_id, "category_id": category_id, "bbox": box, "score": score, "area": area, "id": n,
+         "iscrowd": 0}
+        for n, (image_id, category_id, box, score, area) in enumerate(
+            zip(
+                [detections.image_ids[i] for i in keep],
+                [detections.category_ids[i] for i in keep],
+                boxes.tolist(),
+                detections.scores[keep].tolist(),
+                (boxes[:, 2] * boxes[:, 3]).tolist(),
+            ),
+            start=1,
+        )
+    ]  # fmt: skip
     return {"images": list(gt["images"]), "categories": [dict(c) for c in gt["categories"]], "annotations": annotations}
+
+
+def _is_result(d: Any) -> bool:
+    return isinstance(d, Mapping) and all(k in d for k in _DETECTION_KEYS)
+
+
+@contextlib.contextmanager
+def _collector_paused():
+    """Building a million small dicts (COCO indexes) sets off the cyclic garbage collector again and again; they
+    form no cycles, so it is paused meanwhile."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
