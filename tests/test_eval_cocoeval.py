@@ -90,7 +90,14 @@ def real_detections(yolox_nano):
         if not root.is_dir():
             pytest.skip(f"{root} is absent (the shared data lies beside the clone in CI)")
         if name not in cache:
-            cache[name] = (root / "annotations" / "val.json", _run_yolox(yolox_nano, root))
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # 2 threads on a busy 2-core machine spin-wait: 20x slower, 1 thread is steady
+            try:
+                cache[name] = (root / "annotations" / "val.json", _run_yolox(yolox_nano, root))
+            finally:
+                torch.set_num_threads(threads)
         return cache[name]
 
     return detections_for
