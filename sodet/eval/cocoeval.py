@@ -116,7 +116,7 @@ def check_detections(gt: Mapping[str, Any], detections: Iterable[Mapping[str, An
         bboxes = [d["bbox"] for d in detections]
         scores_list = [d["score"] for d in detections]
     except (KeyError, TypeError, IndexError):
-        i, d = next((i, d) for i, d in enumerate(detections) if not _is_result(d))
+        i, d = next(((i, d) for i, d in enumerate(detections) if not _is_result(d)), (0, detections[0]))
         raise SodetError(
             f"prediction #{i} is not a COCO result: expected keys {', '.join(_DETECTION_KEYS)}, got {d!r:.120}"
         ) from None
