@@ -13,6 +13,11 @@ from sodet.errors import SodetError
 from sodet.options import RunOptions
 
 NMS_IOU = {"yolox": 0.65, "yolo": 0.7}  # each family's own validation NMS threshold
+# engine defaults a family needs changed: YOLOX's prior-initialised biases must not start at the engine's 0.1 warm-up lr
+FAMILY_DEFAULTS = {
+    "yolox": {"warmup_bias_lr": 0.0, "optimizer": "SGD", "lr0": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
+    "yolo": {},
+}
 
 
 def pick_device(device: str | None) -> str:
@@ -103,6 +108,7 @@ def train(
         "name": name,
         "iou": NMS_IOU[entry.family],
         "pretrained": False,
+        **FAMILY_DEFAULTS[entry.family],
         **{k: v for k, v in engine.items() if v is not None},
     }
     trainer = SodetTrainer(overrides=overrides, options=options)

@@ -54,7 +54,7 @@ def train(
     data: Optional[str] = typer.Option(None, "--data", help="COCO folder or Ultralytics data YAML [embedded coco-pc-mini]"),
     weights: Optional[str] = typer.Option(None, "--weights", help="initial weights: YOLOX .pth or Ultralytics .pt ('none': random init)"),
     classes: Optional[str] = typer.Option(None, "--classes", help="class names to use, e.g. person,car"),
-    epochs: int = typer.Option(None, "--epochs", help="training epochs [20 on the embedded data, else 100]"),
+    epochs: int = typer.Option(None, "--epochs", help="training epochs [10 on the embedded data, else 100]"),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="input size [the model's default]"),
     batch: int = typer.Option(16, "--batch"),
     device: Optional[str] = typer.Option(None, "--device", help="cpu, 0, 0,1 ... [CUDA if present]"),
@@ -78,7 +78,7 @@ def train(
     from sodet.api import train as run_train
 
     engine = dict(
-        epochs=epochs or (20 if data is None else 100), imgsz=imgsz, batch=batch, device=device, workers=workers,
+        epochs=epochs or (10 if data is None else 100), imgsz=imgsz, batch=batch, device=device, workers=workers,
         seed=seed, project=project, name=name, patience=patience, exist_ok=exist_ok, **parse_overrides(override),
     )
     save_dir = run_train(

@@ -73,11 +73,35 @@ class SodetTrainer(DetectionTrainer):
             super()._setup_train()
         finally:
             self.args.amp = amp
+        self.unfold_batchnorm()
         if wants_amp and self.device.type == "cuda":
             self.amp = True
             self.scaler = torch.amp.GradScaler("cuda", enabled=True)
             if RANK in {-1, 0}:
                 LOGGER.info(f"{colorstr('sodet:')} AMP on ({torch.cuda.get_device_name(self.device)})")
+
+    def unfold_batchnorm(self, n_batches: int = 4) -> None:
+        """Weights with BatchNorm folded into the convolutions (the shipped YOLOX-Nano) get measured statistics
+        before training, so training-mode BatchNorm starts from what the checkpoint computes."""
+        from sodet.models.batchnorm import batchnorm_folded, unfold_batchnorm
+
+        model = unwrap_model(self.model)
+        if self.resume or not batchnorm_folded(model):
+            return
+        images = []
+        for i, batch in enumerate(self.train_loader):
+            images.append(self.preprocess_batch(batch)["img"])
+            if i + 1 >= n_batches:
+                break
+        n = unfold_batchnorm(model, images)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            for t in model.state_dict().values():
+                dist.broadcast(t, src=0)
+        self.ema.ema.load_state_dict(model.state_dict())
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{colorstr('sodet:')} BatchNorm was folded into the weights: set statistics of {n} layers from {len(images)} batches")
 
     # data --------------------------------------------------------------------------------------------------
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):

@@ -14,6 +14,7 @@ from yolox.config import YoloxConfig
 from sodet.models.registry import register_model
 
 YOLOX_STRIDES = (8.0, 16.0, 32.0)
+NOMINAL_BATCH = 64  # the engine's nbs, and the batch YOLOX's learning rate is quoted for
 
 
 class YoloxDetector(nn.Module):
@@ -97,7 +98,9 @@ class YoloxDetector(nn.Module):
             "cls_loss": cls.detach(),
             "l1_loss": torch.as_tensor(l1, dtype=total.dtype, device=total.device).detach(),
         }
-        return total * img.shape[0], items
+        # YOLOX's recipe is SGD at lr 0.01 per 64 images on this batch-mean loss; the engine steps lr0 on the sum
+        # of the returned loss over 64 images (nbs), so bs/64 of it reproduces that recipe at the engine's lr0 0.01
+        return total * img.shape[0] / NOMINAL_BATCH, items
 
     # engine hooks -------------------------------------------------------------------------------------------
     def set_head_attr(self, **kwargs):
