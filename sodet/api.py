@@ -101,7 +101,8 @@ def train(
     )
     project, name = run_dir("train", engine.pop("name", None), engine.pop("project", None))
     overrides = {
-        "model": str(model) if is_ckpt else arch,
+        # a bare Ultralytics name (yolo11n) would make the engine fetch yolo11n.pt: give it the model file's name
+        "model": str(model) if is_ckpt else (f"{arch}.yaml" if entry.family == "yolo" else arch),
         "data": str(data_yaml),
         "imgsz": engine.pop("imgsz", None) or entry.imgsz,
         "project": project,

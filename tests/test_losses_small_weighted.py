@@ -329,16 +329,9 @@ def test_install_rejects_other_objects():
 ROOT = Path(__file__).resolve().parents[1]
 
 
-STEM_DOWNLOAD = pytest.mark.xfail(
-    strict=True,
-    reason="the engine's check_model_file_from_stem turns 'yolo11n' into 'yolo11n.pt' (likewise yolo26n) and setup_model then tries "
-    "to download it; remove this mark once the trainer passes Ultralytics names that are not download stems",
-)
-
-
 @pytest.mark.parametrize(
     "model_name",
-    ["yolox-nano", pytest.param("yolo11n", marks=STEM_DOWNLOAD), pytest.param("yolo26n", marks=STEM_DOWNLOAD)],
+    ["yolox-nano", "yolo11n", "yolo26n"],
 )
 def test_short_training_run_uses_weighted_loss(model_name, tmp_path, monkeypatch):
     """One epoch on coco-pc-mini at 128 px with --weighted-loss 0.95: the weighted loss runs and is saved."""
