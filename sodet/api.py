@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -10,15 +9,8 @@ import torch
 from ultralytics.utils import LOGGER, YAML
 
 from sodet.errors import SodetError
+from sodet.models.registry import family_defaults
 from sodet.options import RunOptions
-
-NMS_IOU = {"yolox": 0.65, "yolo": 0.7}  # each family's own validation NMS threshold
-# engine defaults a family needs changed: YOLOX's prior-initialised biases must not start at the engine's 0.1 warm-up lr
-FAMILY_DEFAULTS = {
-    "yolox": {"warmup_bias_lr": 0.0, "optimizer": "SGD", "lr0": 0.01, "momentum": 0.9, "weight_decay": 5e-4},
-    "yolo": {},
-}
-
 
 def pick_device(device: str | None) -> str:
     """CUDA when present, else CPU with a one-line notice; ``device`` overrides."""
@@ -107,9 +99,8 @@ def train(
         "imgsz": engine.pop("imgsz", None) or entry.imgsz,
         "project": project,
         "name": name,
-        "iou": NMS_IOU[entry.family],
         "pretrained": False,
-        **FAMILY_DEFAULTS[entry.family],
+        **family_defaults(entry.family),
         **{k: v for k, v in engine.items() if v is not None},
     }
     trainer = SodetTrainer(overrides=overrides, options=options)
@@ -193,7 +184,10 @@ def val(
             weights = str(shipped_weights(entry.weights))
         data_yaml = resolve_data(data, classes, splits=(split,))
         d = YAML.load(data_yaml)
-        options = RunOptions(model=entry.name, weights=weights, classes=d["sodet_classes"], data=data)
+        options = RunOptions(
+            model=entry.name, weights=weights, classes=d["sodet_classes"], data=data,
+            letterbox="top-left" if entry.family == "yolox" and weights and official_yolox(weights) else "center",
+        )
         net = build_model(options, len(d["names"]), d["names"])
         imgsz = imgsz or entry.imgsz
         source = entry.name
@@ -211,7 +205,7 @@ def val(
         "imgsz": imgsz,
         "device": device,
         "conf": 0.001,
-        "iou": NMS_IOU.get(family, 0.7),
+        "iou": family_defaults(family).get("iou", 0.7),
         "plots": False,
         "save_json": True,
         "mode": "val",
@@ -222,5 +216,9 @@ def val(
     return save_dir, validator.coco_metrics or {}
 
 
-def write_json(path: Path, obj) -> None:
-    path.write_text(json.dumps(obj, indent=2))
+def official_yolox(path: str | Path) -> bool:
+    """An official YOLOX checkpoint (``{"model": state_dict}``): trained and evaluated padded bottom/right."""
+    from sodet.models.weights import read_checkpoint
+
+    ckpt = read_checkpoint(path)
+    return isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)

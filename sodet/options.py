@@ -26,6 +26,8 @@ class RunOptions:
     oversample: float = 1.0  # extra appearances per epoch of each image holding small objects
     paste_copies: int = 1  # pastes of each small object in an extra appearance
     paste_jitter: bool = False  # scale +-20 %, rotation +-15 deg on pasted objects
+    letterbox: str = "center"  # evaluation padding: "center" (the engine's, as sodet trains) or "top-left"
+    # (YOLOX's own pipeline, for official YOLOX weights evaluated as they were trained)
     classes: list[str] | None = None  # class names selected from the data
     data: str | None = None  # the data the user named (COCO folder or YAML)
     gt_json: dict[str, str] = field(default_factory=dict)  # split -> COCO ground-truth json (original coordinates)

@@ -43,7 +43,7 @@ def attach_options(model, options: RunOptions) -> None:
 
 def build_dataset(cfg, img_path: str, batch: int, data: dict, mode: str, stride: int, options: RunOptions):
     """SodetDataset with the engine's own arguments (as ``build_yolo_dataset`` passes them)."""
-    own_pipeline = get_entry(options.model).family == "yolox"  # YOLOX evaluates square, padded bottom/right
+    own_pipeline = options.letterbox == "top-left"  # YOLOX's own evaluation: square, padded bottom/right
     return SodetDataset(
         img_path=img_path,
         imgsz=cfg.imgsz,

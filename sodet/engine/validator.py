@@ -110,7 +110,9 @@ class SodetValidator(DetectionValidator):
         )
         from rich.console import Console
 
-        Console().print(format_table(self.coco_metrics))
+        console = Console()
+        console.width = max(console.width, 150)  # the 12 columns stay readable in narrow or captured terminals
+        console.print(format_table(self.coco_metrics))
         LOGGER.info(
             "Speed per image: {preprocess:.1f} ms preprocess, {inference:.1f} ms inference, "
             "{postprocess:.1f} ms postprocess".format(**self.speed)

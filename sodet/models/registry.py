@@ -1,8 +1,13 @@
-"""Model registry: one name per architecture, like timm's, so the CLI and checkpoints speak the same names."""
+"""Model registry: one name per architecture, like timm's, so the CLI and checkpoints speak the same names.
+
+The names and their defaults are data (``cfg/models.yaml``); each family registers how to build one.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
 from typing import Callable
 
 from sodet.errors import SodetError
@@ -12,33 +17,55 @@ from sodet.errors import SodetError
 class ModelEntry:
     name: str
     family: str  # "yolox" | "yolo" (Ultralytics)
-    build: Callable  # build(nc, names) -> nn.Module speaking the engine's model contract
+    arch: str  # the family's own architecture name (YOLOX config, Ultralytics model file)
     imgsz: int  # default input size
     weights: str | None = None  # default weights shipped with sodet (file name in sodet/weights)
 
+    def build(self, nc: int, names: dict | None = None):
+        """A model of ``nc`` classes speaking the engine's model contract."""
+        return family_builder(self.family)(self, nc, names)
 
-_REGISTRY: dict[str, ModelEntry] = {}
+
+_FAMILIES: dict[str, Callable] = {}
 
 
-def register_model(name: str, family: str, imgsz: int, weights: str | None = None):
+def register_family(family: str):
+    """Decorator for ``build(entry, nc, names) -> nn.Module`` of a family."""
+
     def deco(build):
-        _REGISTRY[name] = ModelEntry(name, family, build, imgsz, weights)
+        _FAMILIES[family] = build
         return build
 
     return deco
 
 
+def family_builder(family: str) -> Callable:
+    from sodet.models import yolo, yolox  # noqa: F401  (families register at import)
+
+    return _FAMILIES[family]
+
+
+def load_yaml(name: str) -> dict:
+    import yaml
+
+    return yaml.safe_load((resources.files("sodet.cfg") / name).read_text())
+
+
+@lru_cache(maxsize=None)
+def _entries() -> dict[str, ModelEntry]:
+    return {name: ModelEntry(name=name, **spec) for name, spec in load_yaml("models.yaml").items()}
+
+
+def family_defaults(family: str) -> dict:
+    """The engine arguments sodet sets for a family (``cfg/defaults.yaml``)."""
+    return dict(load_yaml("defaults.yaml").get(family) or {})
+
+
 def get_entry(name: str) -> ModelEntry:
-    _load_families()
-    if name not in _REGISTRY:
+    if name not in _entries():
         raise SodetError(f"unknown model '{name}' (known: {', '.join(list_models())})")
-    return _REGISTRY[name]
+    return _entries()[name]
 
 
 def list_models() -> list[str]:
-    _load_families()
-    return list(_REGISTRY)
-
-
-def _load_families() -> None:
-    from sodet.models import yolo, yolox  # noqa: F401  (registration happens at import)
+    return list(_entries())

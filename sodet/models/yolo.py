@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ultralytics.nn.tasks import DetectionModel
 
-from sodet.models.registry import register_model
+from sodet.models.registry import register_family
 
 
 class SodetDetectionModel(DetectionModel):
@@ -20,18 +20,9 @@ class SodetDetectionModel(DetectionModel):
         return criterion
 
 
-def _yolo(cfg: str):
-    def build(nc: int, names: dict | None = None) -> SodetDetectionModel:
-        from ultralytics.utils import RANK
-
-        model = SodetDetectionModel(cfg, nc=nc, ch=3, verbose=RANK == -1 and False)
-        if names:
-            model.names = names
-        return model
-
-    return build
-
-
-for _v, _sizes in (("yolov8", "ns"), ("yolo11", "ns"), ("yolo26", "ns")):
-    for _s in _sizes:
-        register_model(f"{_v}{_s}", "yolo", 640)(_yolo(f"{_v}{_s}.yaml"))
+@register_family("yolo")
+def build_yolo(entry, nc: int, names: dict | None = None) -> SodetDetectionModel:
+    model = SodetDetectionModel(entry.arch, nc=nc, ch=3, verbose=False)
+    if names:
+        model.names = names
+    return model

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from yolox.config import YoloxConfig
 
-from sodet.models.registry import register_model
+from sodet.models.registry import register_family
 
 YOLOX_STRIDES = (8.0, 16.0, 32.0)
 NOMINAL_BATCH = 64  # the engine's nbs, and the batch YOLOX's learning rate is quoted for
@@ -120,14 +120,6 @@ class YoloxDetector(nn.Module):
         self.head.use_l1 = on
 
 
-def _yolox(name: str):
-    def build(nc: int, names: dict | None = None) -> YoloxDetector:
-        return YoloxDetector(name, nc, names)
-
-    return build
-
-
-for _name, _size in (("nano", 416), ("tiny", 416), ("s", 640), ("m", 640), ("l", 640), ("x", 640)):
-    register_model(
-        f"yolox-{_name}", "yolox", _size, "yolox_nano_coco_fusedbn.pth" if _name == "nano" else None
-    )(_yolox(f"yolox-{_name}"))
+@register_family("yolox")
+def build_yolox(entry, nc: int, names: dict | None = None) -> YoloxDetector:
+    return YoloxDetector(entry.name, nc, names)
