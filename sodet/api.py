@@ -104,8 +104,9 @@ def train(
         **{k: v for k, v in engine.items() if v is not None},
     }
     trainer = SodetTrainer(overrides=overrides, options=options)
+    save_run_options(Path(trainer.save_dir), options)  # beside args.yaml from the start (kept if interrupted)
     trainer.train()
-    save_run_options(Path(trainer.save_dir), options)
+    save_run_options(Path(trainer.save_dir), options)  # again: a multi-GPU launch clears the folder first
     return Path(trainer.save_dir)
 
 
