@@ -193,11 +193,13 @@ def val(
         imgsz = imgsz or entry.imgsz
         source = entry.name
     family = net.yaml.get("family", "yolo") if isinstance(getattr(net, "yaml", None), dict) else "yolo"
-    save_dir = Path(out) if out else Path(run_dir("val", engine.pop("name", None), engine.pop("project", None))[0]) / "exp"
-    if not out:
+    if out:
+        save_dir = Path(out)
+    else:
         from ultralytics.utils.files import increment_path
 
-        save_dir = increment_path(save_dir)
+        project, name = run_dir("val", engine.pop("name", None), engine.pop("project", None))
+        save_dir = increment_path(Path(project) / name)
     save_dir.mkdir(parents=True, exist_ok=True)
     args = {
         "model": source,

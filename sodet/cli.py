@@ -132,7 +132,7 @@ def main() -> None:
     """Entry point: user-facing errors as one line, exit code 1."""
     try:
         app(standalone_mode=False)
-    except SystemExit as e:
+    except SystemExit:
         raise
     except Exception as e:  # noqa: BLE001
         import click

@@ -19,7 +19,6 @@ import numpy as np
 from sodet.errors import SodetError
 
 CACHE_VERSION = 2
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 @dataclass
@@ -114,8 +113,9 @@ def polygon_parts(segmentation, w: int, h: int) -> list | None:
     return parts or None
 
 
-def parse_split(ann_path: Path, img_dir: Path, classes: list[str] | None) -> SplitLabels:
-    """Read and check a COCO split: unusable images and annotations are skipped with a warning naming them."""
+def parse_split(ann_path: Path, img_dir: Path, classes: list[str] | None) -> tuple[SplitLabels, dict]:
+    """Read and check a COCO split: unusable images and annotations are skipped with a warning naming them.
+    Returns the labels and the ground-truth json of what was kept."""
     d = read_json(ann_path)
     cats = select_categories(d["categories"], classes, ann_path)
     known_ids = {c["id"] for c in d["categories"]}
@@ -241,6 +241,3 @@ def load_split(data_dir: str | Path, split: str, classes: list[str] | None = Non
     tmp.replace(cache)
     return labels
 
-
-def list_images(img_dir: Path) -> list[Path]:
-    return sorted(p for p in Path(img_dir).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)

@@ -121,7 +121,6 @@ class SodetTrainer(DetectionTrainer):
 
     # validation --------------------------------------------------------------------------------------------
     def get_validator(self):
-        self.loss_names = self.loss_names or ()
         return SodetValidator(
             self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks, options=self.options
         )

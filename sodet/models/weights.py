@@ -19,7 +19,6 @@ COCO80 = None  # filled lazily from the engine's coco.yaml
 def coco80_names() -> list[str]:
     global COCO80
     if COCO80 is None:
-        from ultralytics.cfg import get_cfg  # noqa: F401  (ensures package data is present)
         from ultralytics.utils import ROOT, YAML
 
         COCO80 = list(YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"].values())
