@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torchvision.ops import generalized_box_iou_loss
 from ultralytics.cfg import get_cfg
 from ultralytics.nn.tasks import DetectionModel
 from ultralytics.utils.loss import BboxLoss, E2ELoss, v8DetectionLoss
@@ -213,6 +214,7 @@ def test_giou_hand_values():
     # overlap 25 of union 175 in a 15x15 hull; disjoint, union 200 in a 25x15 hull; overlap 400 of 2800 in 60x60
     giou = torch.tensor([25 / 175 - (225 - 175) / 225, 0 - (375 - 200) / 375, 400 / 2800 - (3600 - 2800) / 3600])
     assert torch.allclose(SmallWeightedGIoULoss(1.0)(pred, target), 1 - giou, atol=1e-6)
+    assert torch.equal(SmallWeightedGIoULoss(1.0)(pred, target), generalized_box_iou_loss(pred, target))
     expected = torch.stack([1 - 0.95 * giou[0], 1 - 0.95 * giou[1], 1 - giou[2]])
     assert torch.allclose(SmallWeightedGIoULoss(0.95)(pred, target), expected, atol=1e-6)
     scale = SmallWeightedGIoULoss(2.0, form="scale")(pred, target)
