@@ -25,6 +25,9 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import cpu_model  # noqa: E402
+
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -156,16 +159,6 @@ def per_class_reference(E) -> dict[int, np.ndarray]:
 
 def as_array(metrics: dict) -> np.ndarray:
     return np.asarray([-1.0 if metrics[k] is None else metrics[k] for k in METRIC_KEYS])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:
