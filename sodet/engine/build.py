@@ -54,7 +54,7 @@ def build_dataset(cfg, img_path: str, batch: int, data: dict, mode: str, stride:
         cache=cfg.cache or None,
         single_cls=cfg.single_cls or False,
         stride=stride,
-        pad=0.0 if mode == "train" else 0.5,
+        pad=0.5 if mode != "train" or cfg.rect else 0.0,  # rect training gets the validator's batch shapes
         prefix=colorstr(f"{mode}: "),
         classes=cfg.classes,
         data=data,
