@@ -117,10 +117,12 @@ def test_folded_batchnorm_unfolds_without_changing_outputs():
 
 @pytest.fixture(scope="module")
 def overfit_data(tmp_path_factory) -> Path:
-    """The first 8 training images of the embedded set, as their own COCO folder (train = val)."""
+    """8 training images of the embedded set (the first ones without objects under 32x32 px, which at 320 px
+    input would be a few pixels wide), as their own COCO folder (train = val)."""
     root = tmp_path_factory.mktemp("overfit8")
     d = json.loads((MINI / "annotations" / "train.json").read_text())
-    keep = sorted(d["images"], key=lambda i: i["id"])[:8]
+    small = {a["image_id"] for a in d["annotations"] if a["area"] < 1024 and not a["iscrowd"]}
+    keep = [i for i in sorted(d["images"], key=lambda i: i["id"]) if i["id"] not in small][:8]
     ids = {i["id"] for i in keep}
     sub = {**d, "images": keep, "annotations": [a for a in d["annotations"] if a["image_id"] in ids]}
     for split in ("train", "val"):
@@ -132,16 +134,18 @@ def overfit_data(tmp_path_factory) -> Path:
     return root
 
 
+# no augmentation and rect batches: the model sees each image placed exactly as the validator places it (an overfit
+# model also memorises where things are); a decaying learning rate lets BatchNorm statistics catch up at the end
 LEARN = dict(imgsz=320, batch=8, device="cpu", workers=0, mosaic=0.0, fliplr=0.0, hsv_h=0.0, hsv_s=0.0, hsv_v=0.0,
-             translate=0.0, scale=0.0, close_mosaic=0, warmup_epochs=0, optimizer="AdamW", lr0=0.002, lrf=0.01,
-             plots=False, val=False, nbs=8, seed=0, deterministic=False)
+             translate=0.0, scale=0.0, close_mosaic=0, warmup_epochs=0, optimizer="AdamW", lr0=0.004, lrf=0.1,
+             plots=False, val=False, nbs=8, seed=0, deterministic=False, rect=True)
 
 
 def test_yolox_nano_learns_from_scratch(overfit_data, tmp_path):
     """From random init, 8 images, no augmentation: mAP50 >= 0.5 on those images (targets, loss, decoding, NMS agree)."""
     from sodet.api import train
 
-    run = train(model="yolox-nano", data=str(overfit_data), weights="none", epochs=250, project=str(tmp_path), name="x", **LEARN)
+    run = train(model="yolox-nano", data=str(overfit_data), weights="none", epochs=200, project=str(tmp_path), name="x", **LEARN)
     m = json.loads((run / "metrics.json").read_text())
     assert m["AP50"] >= 0.5, m["AP50"]
 
@@ -149,7 +153,7 @@ def test_yolox_nano_learns_from_scratch(overfit_data, tmp_path):
 def test_ultralytics_yolo_learns_from_scratch(overfit_data, tmp_path):
     from sodet.api import train
 
-    run = train(model="yolov8n", data=str(overfit_data), epochs=150, project=str(tmp_path), name="y", **{**LEARN, "lr0": 0.005})
+    run = train(model="yolov8n", data=str(overfit_data), epochs=200, project=str(tmp_path), name="y", **{**LEARN, "lr0": 0.01})
     m = json.loads((run / "metrics.json").read_text())
     assert m["AP50"] >= 0.5, m["AP50"]
 
