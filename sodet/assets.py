@@ -11,9 +11,18 @@ DEFAULT_DATA = "coco-pc-mini"
 YOLOX_NANO_COCO = "yolox_nano_coco_fusedbn.pth"
 
 
+def resource_dir(name: str) -> Path:
+    """``cfg/`` or ``datasets/``: installed as ``sodet.<name>``; in a source checkout (package imported from the
+    repository, e.g. by ``python -m pytest`` at its root) the repository's top-level folder."""
+    try:
+        return Path(str(resources.files(f"sodet.{name}")))
+    except ModuleNotFoundError:
+        return Path(__file__).resolve().parents[1] / name
+
+
 def default_data_dir() -> Path:
     """The embedded person + car dataset (``datasets/coco-pc-mini`` in the repository)."""
-    p = Path(str(resources.files("sodet.datasets") / DEFAULT_DATA))
+    p = resource_dir("datasets") / DEFAULT_DATA
     if not (p / "annotations").is_dir():
         raise SodetError(f"embedded dataset missing at {p}: reinstall sodet or pass --data DIR")
     return p

@@ -16,16 +16,11 @@ def build_model(options: RunOptions, nc: int, names: dict, weights: torch.nn.Mod
     ``weights`` is a model object from an engine checkpoint (resume, or fine-tuning a sodet run); otherwise the
     file named by ``options.weights`` is loaded, if any.
     """
-    from sodet.models.weights import load_weights, load_yolox_state
+    from sodet.models.weights import load_module_weights, load_weights
 
-    entry = get_entry(options.model)
-    model = entry.build(nc, names)
+    model = get_entry(options.model).build(nc, names)
     if weights is not None:
-        if entry.family == "yolox":
-            src = getattr(weights, "names", None)
-            load_yolox_state(model, weights.float().state_dict(), [src[i] for i in range(len(src))] if src else None)
-        else:
-            model.load(weights)
+        load_module_weights(model, weights)
     elif options.weights:
         load_weights(model, options.weights)
     attach_options(model, options)

@@ -14,7 +14,7 @@ from ultralytics.models.yolo.detect import DetectionTrainer
 from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
-from sodet.engine.build import attach_options, build_dataset, build_model
+from sodet.engine.build import build_dataset, build_model
 from sodet.engine.validator import SodetValidator
 from sodet.options import RunOptions
 
@@ -43,19 +43,11 @@ class SodetTrainer(DetectionTrainer):
         run given as ``--model best.pt``): its options are kept unless this run brought its own."""
         saved = getattr(weights, "sodet", None) if weights is not None else None
         opts = self._options or saved or RunOptions()
-        if saved is not None and self._options is not None and str(self._options.model).endswith(".pt"):
-            opts.model = saved.model  # fine-tuning a sodet checkpoint: its architecture
         model = build_model(opts, self.data["nc"], self.data["names"], weights=weights)
         if verbose and RANK in {-1, 0}:
             n = sum(p.numel() for p in model.parameters())
             LOGGER.info(f"{colorstr('sodet:')} {opts.model}, {n / 1e6:.2f}M parameters, {self.data['nc']} classes")
         return model
-
-    def setup_model(self):
-        ckpt = super().setup_model()
-        if self._options is not None and getattr(unwrap_model(self.model), "sodet", None) is None:
-            attach_options(unwrap_model(self.model), self._options)
-        return ckpt
 
     def train(self):
         """Multi-GPU: build the model here so the launcher pickles it with its options (workers only get args)."""

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from importlib import resources
 from typing import Callable
 
 from sodet.errors import SodetError
@@ -48,7 +47,9 @@ def family_builder(family: str) -> Callable:
 def load_yaml(name: str) -> dict:
     import yaml
 
-    return yaml.safe_load((resources.files("sodet.cfg") / name).read_text())
+    from sodet.assets import resource_dir
+
+    return yaml.safe_load((resource_dir("cfg") / name).read_text())
 
 
 @lru_cache(maxsize=None)

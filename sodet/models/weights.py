@@ -53,8 +53,8 @@ def load_yolox_state(model, state: dict, src_names: list[str] | None = None) -> 
     for k, v in state.items():
         if k not in own:
             raise SodetError(f"weights do not fit {model.yaml['name']}: unexpected key {k}")
-        if ".cls_preds." in k and v.shape[0] != own[k].shape[0]:
-            rows = class_rows(src_names or coco80_names()[: v.shape[0]], dst_names)
+        if ".cls_preds." in k and (v.shape[0] != own[k].shape[0] or (src_names and src_names != dst_names)):
+            rows = class_rows(src_names or coco80_names()[: v.shape[0]], dst_names)  # by class name
             if all(r is None for r in rows):
                 raise SodetError(f"checkpoint classes share no name with the data classes {dst_names}")
             t = own[k].clone()
@@ -72,7 +72,7 @@ def load_yolox_state(model, state: dict, src_names: list[str] | None = None) -> 
         raise SodetError(f"weights do not fit {model.yaml['name']}: {len(missing)} keys missing, e.g. {missing[0]}")
     model.load_state_dict(new)
     absent = [n for n, r in zip(dst_names, class_rows(src_names or coco80_names(), dst_names)) if r is None]
-    if absent and any(".cls_preds." in k for k in state):
+    if absent and any(".cls_preds." in k for k in state) and (src_names or coco80_names()) != dst_names:
         LOGGER.warning(f"classes {absent} not in the checkpoint: their outputs start untrained")
 
 
@@ -82,18 +82,24 @@ def load_weights(model, path: str | Path) -> None:
     source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else ckpt
     family = getattr(model, "yaml", {}).get("family", "yolo")
     if isinstance(source, torch.nn.Module):  # an engine checkpoint (sodet's or Ultralytics')
-        names = getattr(source, "names", None)
-        src_names = [names[i] for i in range(len(names))] if names else None
-        if family == "yolox":
-            if getattr(source, "yaml", {}).get("family") != "yolox":
-                raise SodetError(f"{path} is not a YOLOX checkpoint (cannot load into {model.yaml['name']})")
-            load_yolox_state(model, source.float().state_dict(), src_names)
-        else:
-            if getattr(source, "yaml", {}).get("family") == "yolox":
-                raise SodetError(f"{path} holds a YOLOX model, not an Ultralytics YOLO one")
-            model.load(source.float())
+        load_module_weights(model, source, path)
         return
     if isinstance(source, dict) and family == "yolox":  # official YOLOX: {"model": state_dict}
         load_yolox_state(model, source)
         return
     raise SodetError(f"{path}: unsupported checkpoint layout for a {family} model")
+
+
+def load_module_weights(model, source: torch.nn.Module, origin: str | Path = "the checkpoint") -> None:
+    """Weights from a model object of an engine checkpoint (sodet's or Ultralytics'), classes matched by name."""
+    family = getattr(model, "yaml", {}).get("family", "yolo")
+    source_family = getattr(source, "yaml", {}).get("family") if isinstance(getattr(source, "yaml", None), dict) else None
+    if family == "yolox":
+        if source_family != "yolox":
+            raise SodetError(f"{origin} is not a YOLOX checkpoint (cannot load into {model.yaml['name']})")
+        names = getattr(source, "names", None)
+        load_yolox_state(model, source.float().state_dict(), [names[i] for i in range(len(names))] if names else None)
+    else:
+        if source_family == "yolox":
+            raise SodetError(f"{origin} holds a YOLOX model, not an Ultralytics YOLO one")
+        model.load(source.float())
