@@ -50,3 +50,38 @@ def test_checkpoint_classes_must_match_data(tmp_path):
     (bad / "images" / "val").symlink_to(default_data_dir() / "images" / "val", target_is_directory=True)
     with pytest.raises(SodetError, match=r"classes \['car'\] not in"):
         val(model=str(run / "weights" / "best.pt"), data=str(bad), out=str(tmp_path / "v"), device="cpu")
+
+
+def yolo_copy_of_mini(root: Path) -> Path:
+    """coco-pc-mini as an Ultralytics YOLO-txt dataset (non-crowd boxes; class 0 person, 1 car)."""
+    src = default_data_dir()
+    for split in ("train", "val"):
+        d = json.loads((src / "annotations" / f"{split}.json").read_text())
+        (root / "images" / split).mkdir(parents=True)
+        (root / "labels" / split).mkdir(parents=True)
+        for im in d["images"]:
+            (root / "images" / split / im["file_name"]).write_bytes((src / "images" / split / im["file_name"]).read_bytes())
+            rows = [
+                f"{ {1: 0, 3: 1}[a['category_id']]} {(a['bbox'][0] + a['bbox'][2] / 2) / im['width']:.6f} "
+                f"{(a['bbox'][1] + a['bbox'][3] / 2) / im['height']:.6f} {a['bbox'][2] / im['width']:.6f} "
+                f"{a['bbox'][3] / im['height']:.6f}"
+                for a in d["annotations"]
+                if a["image_id"] == im["id"] and not a["iscrowd"]
+            ]
+            (root / "labels" / split / f"{Path(im['file_name']).stem}.txt").write_text("\n".join(rows))
+    (root / "data.yaml").write_text("path: .\ntrain: images/train\nval: images/val\nnames:\n  0: person\n  1: car\n")
+    return root / "data.yaml"
+
+
+def test_yolo_txt_data_with_class_subset(tmp_path):
+    """An Ultralytics YAML dataset: ground truth built from the labels (box areas), a class picked by name."""
+    from sodet.api import val
+
+    data = yolo_copy_of_mini(tmp_path / "yolo")
+    out, m = val(model="yolox-nano", data=str(data), classes=["car"], out=str(tmp_path / "v"), device="cpu")
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["dataset"]["classes"] == ["car"] and saved["dataset"]["num_images"] == 16
+    preds = json.loads((out / "predictions.json").read_text())
+    assert {p["category_id"] for p in preds} == {1}  # car is class 0 of this run: category id 1
+    assert m["AP"] is not None and m["AP"] > 0.05  # the COCO car rows of the shipped head, taken by name
+    assert list(m["per_class"]) == ["car"]

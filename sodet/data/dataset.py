@@ -39,10 +39,12 @@ class SodetDataset(YOLODataset):
             self.split_labels = load_split(data["sodet_coco"], split, data.get("sodet_classes"))
             for w in self.split_labels.warnings:
                 LOGGER.warning(f"{colorstr('sodet:')} {w}")
+        if data.get("sodet_yolo_names"):  # the engine checks label ids against all classes; sodet picks after
+            data = {**data, "names": dict(enumerate(data["sodet_yolo_names"]))}
         super().__init__(*args, data=data, task="detect", **kwargs)
         # rect batching reorders labels by aspect ratio: align the per-image metadata with the final order
-        by_file = dict(zip(self.meta_files, self.meta)) if hasattr(self, "meta") else None
-        self.meta = [by_file[lb["im_file"]] for lb in self.labels] if by_file else self.meta_from_labels()
+        by_file = dict(zip(self.meta_files, self.meta))
+        self.meta = [by_file[lb["im_file"]] for lb in self.labels]
         self.sample_index = np.arange(len(self.labels))
         self.oversampled = {"oversampled_images": 0, "extra_samples": 0}
         # pasted / skipped per data-loader worker (row 0: main process), in shared memory so workers' counts
@@ -67,7 +69,9 @@ class SodetDataset(YOLODataset):
 
     def get_labels(self) -> list[dict]:
         if self.split_labels is None:
-            return self.remap_yolo_classes(super().get_labels())
+            labels = self.remap_yolo_classes(super().get_labels())
+            self.meta, self.meta_files = self.meta_from_labels(labels), [lb["im_file"] for lb in labels]
+            return labels
         labels, meta = [], []
         for im in self.split_labels.images:
             labels.append(
@@ -81,7 +85,9 @@ class SodetDataset(YOLODataset):
                     "bbox_format": "xywh",
                 }
             )
-            meta.append({"area": im.area, "polygons": im.polygons, "crowd": im.crowd, "image_id": im.image_id})
+            meta.append(
+                {"area": im.area, "polygons": im.polygons, "crowd": im.crowd, "image_id": im.image_id, "shape": im.shape}
+            )
         self.meta, self.meta_files = meta, [lb["im_file"] for lb in labels]
         return labels
 
@@ -98,10 +104,11 @@ class SodetDataset(YOLODataset):
             lb["segments"] = [s for s, k in zip(lb["segments"], keep) if k]
         return labels
 
-    def meta_from_labels(self) -> list[dict]:
+    @staticmethod
+    def meta_from_labels(labels: list[dict]) -> list[dict]:
         """YOLO-txt labels: area = box area in original pixels, polygons from segments, no crowd regions."""
         meta = []
-        for i, lb in enumerate(self.labels):
+        for i, lb in enumerate(labels):
             h, w = lb["shape"]
             area = lb["bboxes"][:, 2] * lb["bboxes"][:, 3] * w * h if len(lb["bboxes"]) else np.zeros(0)
             segs = lb.get("segments") or []
@@ -112,6 +119,7 @@ class SodetDataset(YOLODataset):
                     "polygons": polys or [None] * len(lb["bboxes"]),
                     "crowd": np.zeros((0, 4), np.float32),
                     "image_id": i,
+                    "shape": (h, w),  # rect batching later pops the label's own "shape"
                 }
             )
         return meta

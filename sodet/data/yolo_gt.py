@@ -11,7 +11,7 @@ from pathlib import Path
 def gt_from_labels(labels: list[dict], meta: list[dict], names: list[str]) -> dict:
     images, annotations = [], []
     for lb, m in zip(labels, meta):
-        h, w = lb["shape"]
+        h, w = m["shape"]
         images.append({"id": int(m["image_id"]), "file_name": Path(lb["im_file"]).name, "width": int(w), "height": int(h)})
         for c, (cx, cy, bw, bh) in zip(lb["cls"].ravel(), lb["bboxes"]):
             box = [float((cx - bw / 2) * w), float((cy - bh / 2) * h), float(bw * w), float(bh * h)]
