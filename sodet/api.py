@@ -12,6 +12,7 @@ from sodet.errors import SodetError
 from sodet.models.registry import family_defaults
 from sodet.options import RunOptions
 
+
 def pick_device(device: str | None) -> str:
     """CUDA when present, else CPU with a one-line notice; ``device`` overrides."""
     if device not in (None, ""):
@@ -60,7 +61,7 @@ def train(
 
     is_ckpt = str(model).endswith(".pt")
     if is_ckpt:
-        saved = checkpoint_options(model)
+        saved = sodet_checkpoint(model)[2]
         arch, classes = saved.model, classes or saved.classes
     else:
         arch = get_entry(model).name
@@ -72,10 +73,9 @@ def train(
     elif weights in {"none", "None", ""}:
         weights = None
     if weights:
-        from sodet.models.weights import read_checkpoint
+        from sodet.models.weights import require_weights_file
 
-        if not Path(weights).is_file():
-            read_checkpoint(weights)  # the one-line "not found" error
+        require_weights_file(weights)
     check_choice("weight form", weight_form, {"study", "scale"})
     data_yaml = resolve_data(data, classes)
     options = RunOptions(
@@ -121,16 +121,16 @@ def save_run_options(save_dir: Path, options: RunOptions) -> None:
         YAML.save(save_dir / "sodet.yaml", options.to_dict())
 
 
-def checkpoint_options(path: str | Path) -> RunOptions:
-    """The sodet options stored in a checkpoint (its model's ``sodet`` attribute)."""
-    from sodet.models.weights import read_checkpoint
+def sodet_checkpoint(path: str | Path):
+    """(checkpoint dict, its model, the sodet options the model carries), read once."""
+    from sodet.models.weights import checkpoint_model, read_checkpoint
 
     ckpt = read_checkpoint(path)
-    m = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
-    opts = getattr(m, "sodet", None)
+    model = checkpoint_model(ckpt)
+    opts = getattr(model, "sodet", None)
     if opts is None:
         raise SodetError(f"{path} is not a sodet checkpoint (train it with sodet, or pass --model NAME --weights FILE)")
-    return opts
+    return ckpt, model, opts
 
 
 def resume_checkpoint(resume: str | bool, project: str | None, name: str | None) -> Path:
@@ -165,11 +165,8 @@ def val(
     device = pick_device(engine.pop("device", None))
     imgsz = engine.pop("imgsz", None)
     if str(model).endswith(".pt"):
-        options = checkpoint_options(model)
-        from sodet.models.weights import read_checkpoint
-
-        ckpt = read_checkpoint(model)
-        net = (ckpt.get("ema") or ckpt.get("model")).float()
+        ckpt, net, options = sodet_checkpoint(model)
+        net = net.float()
         names = [net.names[i] for i in range(len(net.names))]
         data_yaml = resolve_data(data or options.data, classes or names, splits=(split,))
         data_names = YAML.load(data_yaml)["sodet_classes"]

@@ -25,18 +25,30 @@ def coco80_names() -> list[str]:
     return COCO80
 
 
-def read_checkpoint(path: str | Path) -> dict:
-    """torch.load with a one-line error for missing or unreadable files."""
+def require_weights_file(path: str | Path) -> Path:
+    """The path, or a one-line error saying what to put where."""
     p = Path(path)
     if not p.is_file():
         raise SodetError(
             f"weights file not found: {p} (official YOLOX weights: github.com/Megvii-BaseDetection/YOLOX releases; "
             "put the .pth file there or pass --weights FILE)"
         )
+    return p
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """torch.load with a one-line error for missing or unreadable files."""
+    p = require_weights_file(path)
     try:
         return torch.load(p, map_location="cpu", weights_only=False)
     except Exception as e:
         raise SodetError(f"cannot read weights file {p}: {type(e).__name__}: {e}".splitlines()[0]) from None
+
+
+def checkpoint_model(ckpt):
+    """The model object of an engine checkpoint (its EMA while training, ``model`` once stripped), else what
+    the file holds under ``model`` (an official YOLOX state dict) or None."""
+    return ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
 
 
 def class_rows(src_names: list[str], dst_names: list[str]) -> list[int | None]:
@@ -79,7 +91,7 @@ def load_yolox_state(model, state: dict, src_names: list[str] | None = None) -> 
 def load_weights(model, path: str | Path) -> None:
     """Load any supported checkpoint file into a sodet model (YOLOX adapter or Ultralytics DetectionModel)."""
     ckpt = read_checkpoint(path)
-    source = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else ckpt
+    source = checkpoint_model(ckpt) if isinstance(ckpt, dict) else ckpt
     family = getattr(model, "yaml", {}).get("family", "yolo")
     if isinstance(source, torch.nn.Module):  # an engine checkpoint (sodet's or Ultralytics')
         load_module_weights(model, source, path)
