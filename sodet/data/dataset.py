@@ -46,7 +46,6 @@ class SodetDataset(YOLODataset):
         by_file = dict(zip(self.meta_files, self.meta))
         self.meta = [by_file[lb["im_file"]] for lb in self.labels]
         self.sample_index = np.arange(len(self.labels))
-        self.oversampled = {"oversampled_images": 0, "extra_samples": 0}
         # pasted / skipped per data-loader worker (row 0: main process), in shared memory so workers' counts
         # reach the trainer
         self.paste_counts = torch.zeros((MAX_WORKERS + 1, 2), dtype=torch.int64).share_memory_()
@@ -135,7 +134,6 @@ class SodetDataset(YOLODataset):
         rng = np.random.default_rng(self.seed)
         extra = np.asarray(oversample_indices(has_small, self.options.oversample, rng), dtype=np.int64)
         self.sample_index = np.concatenate([np.arange(len(self.labels)), extra])
-        self.oversampled = {"oversampled_images": int(len(np.unique(extra))), "extra_samples": int(len(extra))}
         LOGGER.info(
             f"{colorstr('sodet copy-paste:')} {int(has_small.sum())}/{len(has_small)} images hold small objects "
             f"(area < {self.options.small_area:g}); epoch = {len(self.labels)} + {len(extra)} samples"
@@ -144,8 +142,14 @@ class SodetDataset(YOLODataset):
     @property
     def paste_stats(self) -> dict:
         """What copy-paste did so far in this run: oversampled images, extra samples, objects pasted / skipped."""
+        extra = self.sample_index[len(self.labels):]
         pasted, skipped = (int(v) for v in self.paste_counts.sum(0))
-        return {**self.oversampled, "pasted": pasted, "skipped": skipped}
+        return {
+            "oversampled_images": int(len(np.unique(extra))),
+            "extra_samples": int(len(extra)),
+            "pasted": pasted,
+            "skipped": skipped,
+        }
 
     def __len__(self) -> int:
         return len(self.sample_index)

@@ -37,7 +37,6 @@ class SodetValidator(DetectionValidator):
         super().__init__(dataloader, save_dir, args, _callbacks)
         self.options = options
         self.coco_metrics: dict | None = None
-        self.metrics_path: Path | None = None
 
     def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
         return build_dataset(self.args, img_path, batch, self.data, "val", int(self.stride), self.options or RunOptions())
@@ -100,7 +99,7 @@ class SodetValidator(DetectionValidator):
         from sodet.eval.tables import format_table
 
         self.coco_metrics = self.evaluate_coco()
-        self.metrics_path = write_metrics(
+        write_metrics(
             self.save_dir,
             self.coco_metrics,
             options=self.run_record(),
