@@ -68,13 +68,7 @@ def yolo_yaml(src: Path, classes: list[str] | None) -> Path:
         raise SodetError(f"classes {missing} not in {src} (it has: {', '.join(all_names)})")
     out = {k: v for k, v in cfg.items() if k != "download"}
     out.update(path=str(root), names=dict(enumerate(chosen)), sodet_yolo_names=all_names, sodet_classes=chosen)
-    return write_yaml(src.resolve().parent / ".sodet" if _writable(src.parent) else cache_dir_for(root), out)
-
-
-def _writable(p: Path) -> bool:
-    import os
-
-    return os.access(p, os.W_OK)
+    return write_yaml(cache_dir_for(src.resolve().parent), out)
 
 
 def write_yaml(folder: Path, cfg: dict) -> Path:
