@@ -129,21 +129,12 @@ def zoo(imgsz: Optional[int] = typer.Option(None, "--imgsz", help="size for GFLO
 
 
 def main() -> None:
-    """Entry point: user-facing errors as one line, exit code 1."""
+    """Entry point: typer handles usage errors, --help and exit codes; anything else is one line, exit code 1."""
     try:
-        app(standalone_mode=False)
-    except SystemExit:
-        raise
-    except Exception as e:  # noqa: BLE001
-        import click
-
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Abort):
-            sys.exit(130)
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001  (SystemExit from typer passes through)
         if os.environ.get("SODET_DEBUG"):
             raise
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
