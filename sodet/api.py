@@ -41,6 +41,7 @@ def train(
     oversample: float = 1.0,
     paste_copies: int = 1,
     paste_jitter: bool = False,
+    freeze_bn: bool | None = None,
     **engine: Any,
 ) -> Path:
     """Train (or fine-tune) a detector with sodet's methods; ``engine`` holds the engine's own options."""
@@ -90,6 +91,8 @@ def train(
         paste_jitter=paste_jitter,
         classes=YAML.load(data_yaml)["sodet_classes"],
         data=str(Path(data).resolve()) if data else None,
+        freeze_bn=freeze_bn if freeze_bn is not None or not is_ckpt else saved.freeze_bn,
+        letterbox=family_letterbox(entry.family),
     )
     project, name = run_dir("train", engine.pop("name", None), engine.pop("project", None))
     overrides = {
@@ -184,7 +187,7 @@ def val(
         d = YAML.load(data_yaml)
         options = RunOptions(
             model=entry.name, weights=weights, classes=d["sodet_classes"], data=data,
-            letterbox="top-left" if entry.family == "yolox" and weights and official_yolox(weights) else "center",
+            letterbox=family_letterbox(entry.family),
         )
         net = build_model(options, len(d["names"]), d["names"])
         imgsz = imgsz or entry.imgsz
@@ -216,9 +219,7 @@ def val(
     return save_dir, validator.coco_metrics or {}
 
 
-def official_yolox(path: str | Path) -> bool:
-    """An official YOLOX checkpoint (``{"model": state_dict}``): trained and evaluated padded bottom/right."""
-    from sodet.models.weights import read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    return isinstance(ckpt, dict) and isinstance(ckpt.get("model"), dict)
+def family_letterbox(family: str) -> str:
+    """Evaluation padding: YOLOX's own pipeline (square, bottom/right: how its weights were trained and how its
+    papers evaluate) for YOLOX, the engine's (centred, rect batches) for the others."""
+    return "top-left" if family == "yolox" else "center"

@@ -72,6 +72,9 @@ def train(
     oversample: float = typer.Option(1.0, "--oversample", help="extra appearances per epoch of images with small objects"),
     paste_copies: int = typer.Option(1, "--paste-copies", help="pastes of each small object per extra appearance"),
     paste_jitter: bool = typer.Option(False, "--paste-jitter", help="scale +-20%, rotate +-15 deg pasted objects"),
+    freeze_bn: Optional[bool] = typer.Option(
+        None, "--freeze-bn/--no-freeze-bn", help="BatchNorm in eval mode, affine frozen [auto: frozen for folded weights]"
+    ),
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
     """Train or fine-tune a detector (default: yolox-nano from COCO weights on the embedded person+car data)."""
@@ -84,7 +87,7 @@ def train(
     save_dir = run_train(
         model=model, data=data, weights=weights, classes=split_classes(classes), resume=resume,
         small_area=small_area, weighted_loss=weighted_loss, weight_form=weight_form, copy_paste=copy_paste,
-        oversample=oversample, paste_copies=paste_copies, paste_jitter=paste_jitter, **engine,
+        oversample=oversample, paste_copies=paste_copies, paste_jitter=paste_jitter, freeze_bn=freeze_bn, **engine,
     )
     console.print(f"run saved to [bold]{save_dir}[/bold]")
 

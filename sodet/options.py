@@ -26,6 +26,7 @@ class RunOptions:
     oversample: float = 1.0  # extra appearances per epoch of each image holding small objects
     paste_copies: int = 1  # pastes of each small object in an extra appearance
     paste_jitter: bool = False  # scale +-20 %, rotation +-15 deg on pasted objects
+    freeze_bn: bool | None = None  # BatchNorm in eval mode with frozen affine (None: sodet decides, see trainer)
     letterbox: str = "center"  # evaluation padding: "center" (the engine's, as sodet trains) or "top-left"
     # (YOLOX's own pipeline, for official YOLOX weights evaluated as they were trained)
     classes: list[str] | None = None  # class names selected from the data

@@ -19,6 +19,10 @@ from sodet.engine.validator import SodetValidator
 from sodet.options import RunOptions
 
 
+def fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 class SodetTrainer(DetectionTrainer):
     """DetectionTrainer whose model, dataset, validator and loss are sodet's.
 
@@ -65,35 +69,94 @@ class SodetTrainer(DetectionTrainer):
             super()._setup_train()
         finally:
             self.args.amp = amp
-        self.unfold_batchnorm()
+        self.prepare_batchnorm()
+        self.start_metrics = self.validate_start() if not self.resume and RANK in {-1, 0} else None
         if wants_amp and self.device.type == "cuda":
             self.amp = True
             self.scaler = torch.amp.GradScaler("cuda", enabled=True)
             if RANK in {-1, 0}:
                 LOGGER.info(f"{colorstr('sodet:')} AMP on ({torch.cuda.get_device_name(self.device)})")
 
-    def unfold_batchnorm(self, n_batches: int = 4) -> None:
-        """Weights with BatchNorm folded into the convolutions (the shipped YOLOX-Nano) get measured statistics
-        before training, so training-mode BatchNorm starts from what the checkpoint computes."""
-        from sodet.models.batchnorm import batchnorm_folded, unfold_batchnorm
+    def prepare_batchnorm(self, n_batches: int = 4) -> None:
+        """Give fine-tuning a parametrization that trains like the original network (see sodet.models.batchnorm):
+        folded weights get measured statistics and He-norm convolutions, statistics that would overflow fp16 are
+        rescaled, and ``--freeze-bn`` is resolved (auto: frozen for folded weights, whose statistics are
+        estimates; as the original recipe otherwise). The log says what was done."""
+        from ultralytics.utils.torch_utils import ModelEMA
+
+        from sodet.models.batchnorm import batchnorm_folded, fp16_safe_batchnorm, freeze_batchnorm, unfold_batchnorm
 
         model = unwrap_model(self.model)
-        if self.resume or not batchnorm_folded(model):
-            return
-        images = []
-        for i, batch in enumerate(self.train_loader):
-            images.append(self.preprocess_batch(batch)["img"])
-            if i + 1 >= n_batches:
-                break
-        n = unfold_batchnorm(model, images)
-        if self.world_size > 1:
-            import torch.distributed as dist
+        opts = getattr(model, "sodet", None)
+        notes = []
+        if not self.resume:
+            folded = batchnorm_folded(model)
+            if folded:
+                if hasattr(model, "pixels_in_unit_range"):
+                    model.pixels_in_unit_range()
+                images = []
+                for i, batch in enumerate(self.train_loader):
+                    images.append(self.preprocess_batch(batch)["img"])
+                    if i + 1 >= n_batches:
+                        break
+                n = unfold_batchnorm(model, images)
+                notes.append(f"BatchNorm was folded into the weights: statistics of {n} layers measured on {len(images)} batches")
+            n = fp16_safe_batchnorm(model)
+            if n:
+                notes.append(f"{n} BatchNorm layers rescaled to fp16-safe statistics (same outputs)")
+            if opts is not None and opts.freeze_bn is None:
+                opts.freeze_bn = folded
+                why = "auto: folded weights, their statistics are estimates" if folded else "auto: as the original recipe"
+            else:
+                why = "--freeze-bn" if opts is not None and opts.freeze_bn else "--no-freeze-bn"
+            if self.world_size > 1:
+                import torch.distributed as dist
 
-            for t in model.state_dict().values():
-                dist.broadcast(t, src=0)
-        self.ema.ema.load_state_dict(model.state_dict())
+                for t in model.state_dict().values():
+                    dist.broadcast(t, src=0)
+            self.ema = ModelEMA(model)  # the EMA copy was taken before: it must hold the new parametrization
+        else:
+            why = "as the resumed run"
+        frozen = bool(opts is not None and opts.freeze_bn)
+        if frozen:
+            freeze_batchnorm(model)  # affine parameters frozen now, after the engine built its optimizer
+        notes.append(f"BatchNorm {'frozen (eval mode, affine fixed)' if frozen else 'in training mode'} ({why})")
         if RANK in {-1, 0}:
-            LOGGER.info(f"{colorstr('sodet:')} BatchNorm was folded into the weights: set statistics of {n} layers from {len(images)} batches")
+            for note in notes:
+                LOGGER.info(f"{colorstr('sodet:')} {note}")
+
+    def validate_start(self) -> dict | None:
+        """COCO numbers of the starting weights, in the pipeline the run will report (printed as "before")."""
+        if not self.args.val or self.args.epochs < 1:
+            return None
+        model = unwrap_model(self.model)
+        was = model.training
+        model.eval()  # no BatchNorm statistics change while the validator asks for loss items
+        try:
+            with torch.no_grad():
+                _, self.loss_items = model.loss(self.preprocess_batch(next(iter(self.train_loader))))
+            self.epoch = -1  # before the first epoch (no plots)
+            self.validator(self)
+        finally:
+            model.train(was)
+            self.loss_items = None
+        metrics = self.validator.coco_metrics
+        if metrics:
+            from sodet.eval.metrics_io import write_metrics
+
+            v = self.validator
+            write_metrics(self.save_dir / "start", metrics, options=v.run_record(), dataset=v.dataset_identity(), speed=None, predictions=v.jdict)
+            LOGGER.info(f"{colorstr('sodet:')} before training: AP {metrics['AP']:.3f}, APs {fmt(metrics.get('APs'))}")
+        return metrics
+
+    def final_eval(self):
+        """The engine's validation of best.pt, then the change from the starting weights."""
+        super().final_eval()
+        before, after = getattr(self, "start_metrics", None), self.validator.coco_metrics
+        if before and after and RANK in {-1, 0}:
+            from sodet.eval.tables import before_after_table
+
+            LOGGER.info(before_after_table(before, after))
 
     # data --------------------------------------------------------------------------------------------------
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):

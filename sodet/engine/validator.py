@@ -15,6 +15,7 @@ from ultralytics.utils import LOGGER, ops
 from sodet.engine.build import build_dataset
 from sodet.options import RunOptions
 
+MAX_DETS = 100  # COCO's detections per image
 SIZE_KEYS = {"APs": "metrics/mAP_small(B)", "APm": "metrics/mAP_medium(B)", "APl": "metrics/mAP_large(B)"}
 
 
@@ -78,9 +79,10 @@ class SodetValidator(DetectionValidator):
         return {"gt": gt, "split": split, "classes": [self.names[i] for i in range(len(self.names))], "num_images": len(ds.labels)}
 
     def evaluate_coco(self) -> dict:
-        from sodet.eval.cocoeval import evaluate
+        from sodet.eval.cocoeval import cap_per_image, evaluate
 
-        return evaluate(self.ground_truth(), self.jdict, max_dets=100)
+        self.jdict = cap_per_image(self.jdict, MAX_DETS)  # what is scored is what predictions.json holds
+        return evaluate(self.ground_truth(), self.jdict, max_dets=MAX_DETS)
 
     def eval_json(self, stats: dict) -> dict:
         if self.training:
@@ -89,6 +91,9 @@ class SodetValidator(DetectionValidator):
             for k, key in SIZE_KEYS.items():
                 v = self.coco_metrics.get(k)
                 stats[key] = -1.0 if v is None else float(v)
+            if self.coco_metrics.get("AP") is not None:
+                stats["metrics/AP_coco(B)"] = float(self.coco_metrics["AP"])  # per epoch in results.csv
+                stats["fitness"] = float(self.coco_metrics["AP"])  # best.pt is the checkpoint with the best COCO AP
         return stats
 
     def finalize_metrics(self) -> None:

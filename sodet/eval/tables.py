@@ -50,3 +50,13 @@ def format_text(metrics: Mapping[str, Any]) -> str:
     for name, cells in rows:
         lines.append("  ".join([f"{name:<{name_width}}", *(f"{c:>{w}}" for c, w in zip(cells, widths))]))
     return "\n".join(lines)
+
+
+def before_after_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> str:
+    """The 12 numbers of the starting weights and of the trained ones ("AP before -> after"), as plain text."""
+    lines = [f"{'':<7}{'before':>8}  ->  {'after':>7}  {'change':>7}"]
+    for k in METRIC_KEYS:
+        b, a = before.get(k), after.get(k)
+        change = "" if b is None or a is None else f"{a - b:+.3f}"
+        lines.append(f"{k:<7}{format_value(b):>8}  ->  {format_value(a):>7}  {change:>7}")
+    return "\n".join(lines)

@@ -111,6 +111,7 @@ def load_module_weights(model, source: torch.nn.Module, origin: str | Path = "th
             raise SodetError(f"{origin} is not a YOLOX checkpoint (cannot load into {model.yaml['name']})")
         names = getattr(source, "names", None)
         load_yolox_state(model, source.float().state_dict(), [names[i] for i in range(len(names))] if names else None)
+        model.input_scale = getattr(source, "input_scale", 255.0)  # the pixel range its first convolution expects
     else:
         if source_family == "yolox":
             raise SodetError(f"{origin} holds a YOLOX model, not an Ultralytics YOLO one")

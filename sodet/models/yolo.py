@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ultralytics.nn.tasks import DetectionModel
 
+from sodet.models.batchnorm import batchnorm_frozen, freeze_batchnorm
 from sodet.models.registry import register_family
 
 
@@ -18,6 +19,13 @@ class SodetDetectionModel(DetectionModel):
 
             criterion = install_ultralytics(criterion, opts.weighted_loss, opts.small_area, opts.weight_form)
         return criterion
+
+    def train(self, mode: bool = True):
+        """``--freeze-bn``: BatchNorm stays in eval mode with frozen affine parameters (MMDetection's norm_eval)."""
+        super().train(mode)
+        if mode and batchnorm_frozen(self):
+            freeze_batchnorm(self)
+        return self
 
 
 @register_family("yolo")
