@@ -9,8 +9,8 @@ import torch
 from ultralytics.utils import LOGGER, YAML
 
 from sodet.errors import SodetError
-from sodet.models.registry import family_defaults
-from sodet.options import RunOptions
+from sodet.models.registry import family_defaults, model_family
+from sodet.options import SMALL_AREA, RunOptions
 
 
 def pick_device(device: str | None) -> str:
@@ -34,7 +34,7 @@ def train(
     weights: str | None = None,
     classes: list[str] | None = None,
     resume: str | bool | None = None,
-    small_area: float = 32 * 32,
+    small_area: float = SMALL_AREA,
     weighted_loss: float | None = None,
     weight_form: str = "study",
     copy_paste: bool = False,
@@ -50,6 +50,10 @@ def train(
     from sodet.models.registry import get_entry
     from sodet.offline import quiet_engine
 
+    check_train_options(
+        small_area=small_area, weighted_loss=weighted_loss, weight_form=weight_form, oversample=oversample,
+        paste_copies=paste_copies, **engine,
+    )
     quiet_engine()
     engine["device"] = pick_device(engine.get("device"))
     if resume:
@@ -77,7 +81,7 @@ def train(
         from sodet.models.weights import require_weights_file
 
         require_weights_file(weights)
-    check_choice("weight form", weight_form, {"study", "scale"})
+    check_family_options(entry.family, engine)
     data_yaml = resolve_data(data, classes)
     options = RunOptions(
         model=arch,
@@ -111,6 +115,51 @@ def train(
     trainer.train()
     save_run_options(Path(trainer.save_dir), options)  # again: a multi-GPU launch clears the folder first
     return Path(trainer.save_dir)
+
+
+# engine options that sodet's runs do not honour, and what to use instead (refused rather than silently dropped)
+NOT_HONOURED = {
+    "model": "--model", "data": "--data", "classes": "--classes (class names)", "pretrained": "--weights",
+    "copy_paste": "--copy-paste (sodet's small-object copy-paste)", "single_cls": "a data set with one class",
+}
+NOT_HONOURED_YOLOX = {  # engine options that act on the engine's own models only
+    "box": "its loss weights are YOLOX's own (5 x IoU + obj + cls)", "cls": "its loss weights are YOLOX's own",
+    "dfl": "YOLOX has no DFL term", "freeze": "the engine freezes 'model.N' layers, YOLOX has backbone/head",
+}
+
+
+def check_train_options(
+    small_area: float, weighted_loss: float | None, weight_form: str, oversample: float, paste_copies: int,
+    family: str | None = None, **engine: Any,
+) -> None:
+    """One line for any invalid value, before any work is done."""
+    positive = {"--small-area": small_area, "--oversample": oversample, "--paste-copies": paste_copies}
+    if weighted_loss is not None:
+        positive["--weighted-loss"] = weighted_loss
+    for key in ("epochs", "imgsz", "patience"):
+        if engine.get(key) is not None:
+            positive[f"--{key}"] = engine[key]
+    for name, v in positive.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
+            raise SodetError(f"{name} must be a number above 0, got {v!r}")
+    if not float(paste_copies).is_integer():
+        raise SodetError(f"--paste-copies must be a whole number, got {paste_copies!r}")
+    batch = engine.get("batch")
+    if batch is not None and not (isinstance(batch, (int, float)) and (batch >= 1 or batch == -1 or 0 < batch < 1)):
+        raise SodetError(f"--batch must be at least 1 (or -1 / a GPU-memory fraction for the engine's auto batch), got {batch!r}")
+    workers = engine.get("workers")
+    if workers is not None and not (isinstance(workers, int) and workers >= 0):
+        raise SodetError(f"--workers must be 0 or more, got {workers!r}")
+    check_choice("--weight-form", weight_form, {"study", "scale"})
+    for key, use in NOT_HONOURED.items():
+        if key in engine and engine[key] not in (None, False, 0.0):
+            raise SodetError(f"-o {key}=... is not used by sodet runs: use {use}")
+
+
+def check_family_options(family: str, engine: dict) -> None:
+    given = sorted(set(NOT_HONOURED_YOLOX) & {k for k, v in engine.items() if v is not None})
+    if family == "yolox" and given:
+        raise SodetError(f"-o {given[0]}=... does not apply to YOLOX: {NOT_HONOURED_YOLOX[given[0]]}")
 
 
 def check_choice(what: str, value: str, allowed: set[str]) -> None:
@@ -192,7 +241,7 @@ def val(
         net = build_model(options, len(d["names"]), d["names"])
         imgsz = imgsz or entry.imgsz
         source = entry.name
-    family = net.yaml.get("family", "yolo") if isinstance(getattr(net, "yaml", None), dict) else "yolo"
+    family = model_family(net) or "yolo"
     if out:
         save_dir = Path(out)
     else:

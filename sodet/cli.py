@@ -18,6 +18,7 @@ from rich.console import Console
 import sodet  # noqa: F401  (switches the engine offline before it is imported)
 from sodet.data.cli import data_app
 from sodet.errors import SodetError
+from sodet.options import MEDIUM_AREA, SMALL_AREA
 from sodet.eval.compare import compare_command
 
 app = typer.Typer(
@@ -32,15 +33,18 @@ console = Console()
 
 
 def parse_overrides(items: list[str] | None) -> dict:
-    """``-o key=value`` pairs for any other engine argument (values parsed like YAML scalars)."""
-    import yaml
+    """``-o key=value`` pairs for any other engine argument, values parsed as the engine's own CLI parses them
+    (``name=no`` stays a string); unknown keys and bad types are refused by the engine's argument check."""
+    from ultralytics.cfg import smart_value
 
     out = {}
     for item in items or []:
-        if "=" not in item:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
             raise SodetError(f"override '{item}' is not KEY=VALUE")
-        k, v = item.split("=", 1)
-        out[k.strip()] = yaml.safe_load(v)
+        if not v.strip():
+            raise SodetError(f"override '{item}' has no value")
+        out[k.strip()] = smart_value(v.strip())
     return out
 
 
@@ -65,7 +69,7 @@ def train(
     resume: Optional[str] = typer.Option(None, "--resume", help="resume an interrupted run: last.pt or run folder"),
     patience: int = typer.Option(100, "--patience"),
     exist_ok: bool = typer.Option(False, "--exist-ok", help="reuse the run folder"),
-    small_area: float = typer.Option(1024, "--small-area", help="small = area below this (px², COCO: 32*32)"),
+    small_area: float = typer.Option(SMALL_AREA, "--small-area", help="small = area below this (px², COCO: 32*32)"),
     weighted_loss: Optional[float] = typer.Option(None, "--weighted-loss", help="W of the small-object box loss (study: 0.95)"),
     weight_form: str = typer.Option("study", "--weight-form", help="study: 1 - W*IoU^2 ; scale: W*(1 - IoU^2)"),
     copy_paste: bool = typer.Option(False, "--copy-paste", help="copy-paste oversampling of images with small objects"),
@@ -81,7 +85,7 @@ def train(
     from sodet.api import train as run_train
 
     engine = dict(
-        epochs=epochs or (10 if data is None else 100), imgsz=imgsz, batch=batch, device=device, workers=workers,
+        epochs=epochs if epochs is not None else (10 if data is None else 100), imgsz=imgsz, batch=batch, device=device, workers=workers,
         seed=seed, project=project, name=name, patience=patience, exist_ok=exist_ok, **parse_overrides(override),
     )
     save_dir = run_train(

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SMALL_AREA = 32 * 32  # COCO's "small": area below 32x32 pixels
+MEDIUM_AREA = 96 * 96  # COCO's "medium": below 96x96 pixels (and not small); "large" above
 
 
 @dataclass

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sodet.errors import SodetError
+from sodet.options import MEDIUM_AREA, SMALL_AREA
 
 data_app = typer.Typer(
     help="Dataset tools: object-size statistics of a COCO split, offline copy-paste oversampling of small objects.",
@@ -32,8 +33,8 @@ def _pct(x: float) -> str:
 def stats(
     data: Path = typer.Option(..., "--data", help="COCO folder: annotations/<split>.json + images/<split>/"),
     split: str = typer.Option("train", "--split", help="split name"),
-    small_area: float = typer.Option(1024, "--small-area", help="objects with COCO area below this are small"),
-    medium_area: float = typer.Option(9216, "--medium-area", help="below this (and not small) medium, else large"),
+    small_area: float = typer.Option(SMALL_AREA, "--small-area", help="objects with COCO area below this are small"),
+    medium_area: float = typer.Option(MEDIUM_AREA, "--medium-area", help="below this (and not small) medium, else large"),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="class names to keep (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", help="size histogram PNG [runs/data/<dataset>_<split>_sizes.png]"),
 ):
@@ -74,7 +75,7 @@ def oversample(
                                      help="extra copies of each image holding small objects (fractions allowed)"),
     paste_copies: int = typer.Option(1, "--paste-copies", min=0, help="pastes of each small object per copy"),
     paste_jitter: bool = typer.Option(False, "--paste-jitter", help="scale +-20 %, rotate +-15 deg pasted objects"),
-    small_area: float = typer.Option(1024, "--small-area", help="objects with COCO area below this are pasted"),
+    small_area: float = typer.Option(SMALL_AREA, "--small-area", help="objects with COCO area below this are pasted"),
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same output)"),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="only paste these classes (repeatable)"),
 ):

@@ -91,6 +91,11 @@ def check_image(path: Path) -> str | None:
     """None when the image decodes, else why not (the engine would fail on it mid-epoch)."""
     from PIL import Image
 
+    import cv2
+
+    # OpenCV first: the engine's patched Image.open answers an unknown format by trying to install a HEIF plugin
+    if cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_REDUCED_GRAYSCALE_8) is None:
+        return "not a decodable image (unknown format or corrupt data)"
     try:
         with Image.open(path) as im:
             im.verify()

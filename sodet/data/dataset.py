@@ -64,7 +64,13 @@ class SodetDataset(YOLODataset):
     def get_img_files(self, img_path):
         if self.split_labels is None:
             return super().get_img_files(img_path)
-        return [im.file for im in self.split_labels.images]
+        return [im.file for im in self.split_images()]
+
+    def split_images(self):
+        """The COCO split's images, the first ``fraction`` of them (the engine's ``fraction`` option)."""
+        images = self.split_labels.images
+        count = self.fraction if isinstance(self.fraction, int) else max(1, round(len(images) * self.fraction))
+        return images[:count]
 
     def get_labels(self) -> list[dict]:
         if self.split_labels is None:
@@ -72,7 +78,7 @@ class SodetDataset(YOLODataset):
             self.meta, self.meta_files = self.meta_from_labels(labels), [lb["im_file"] for lb in labels]
             return labels
         labels, meta = [], []
-        for im in self.split_labels.images:
+        for im in self.split_images():
             labels.append(
                 {
                     "im_file": im.file,

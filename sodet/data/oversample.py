@@ -20,6 +20,7 @@ from sodet.data.copy_paste import oversample_indices, paste_small_objects
 from sodet.data.stats import coco_area, load_coco_split
 from sodet.data.coco import select_categories
 from sodet.errors import SodetError
+from sodet.options import SMALL_AREA
 
 JPEG_QUALITY = 95  # extra images are re-encoded; the originals are copied byte for byte
 
@@ -63,7 +64,7 @@ def _write_source_note(out_dir: Path, data_dir: Path, split: str, line: str) -> 
     note.write_text("\n".join(text) + "\n", encoding="utf-8")
 
 
-def oversample_coco(data_dir, split, out_dir, small_area=1024, oversample=1.0, copies=1, jitter=False, seed=0,
+def oversample_coco(data_dir, split, out_dir, small_area=SMALL_AREA, oversample=1.0, copies=1, jitter=False, seed=0,
                     classes=None) -> dict:
     """Write ``out_dir`` with ``split``'s original images plus copy-paste copies of those holding small objects.
 

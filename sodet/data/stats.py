@@ -13,6 +13,7 @@ import numpy as np
 
 from sodet.data.coco import coco_split_paths, read_json, select_categories
 from sodet.errors import SodetError
+from sodet.options import MEDIUM_AREA, SMALL_AREA
 
 BUCKETS = ("small", "medium", "large")
 
@@ -49,7 +50,7 @@ def _bucket_table(areas: np.ndarray, buckets: np.ndarray, image_index: np.ndarra
     return out
 
 
-def dataset_stats(data_dir, split, small_area=1024, medium_area=9216, classes=None, plot_path=None) -> dict:
+def dataset_stats(data_dir, split, small_area=SMALL_AREA, medium_area=MEDIUM_AREA, classes=None, plot_path=None) -> dict:
     """Per-class small/medium/large counts, share of images holding each size, share of object area per size.
 
     Crowd regions are left out of every number (counted apart). ``plot_path``: also save a size histogram there.
@@ -93,7 +94,7 @@ def dataset_stats(data_dir, split, small_area=1024, medium_area=9216, classes=No
     return result
 
 
-def size_histogram(sizes: dict[str, np.ndarray], path, small_area=1024, medium_area=9216, title="") -> Path:
+def size_histogram(sizes: dict[str, np.ndarray], path, small_area=SMALL_AREA, medium_area=MEDIUM_AREA, title="") -> Path:
     """Histogram of sqrt(area) per class on a log x axis, bucket boundaries marked; written as PNG.
 
     Uses matplotlib's Agg canvas directly (no GUI backend, no global pyplot state, bundled DejaVu font only).

@@ -6,7 +6,7 @@ import torch
 from ultralytics.utils import colorstr
 
 from sodet.data.dataset import SodetDataset
-from sodet.models.registry import get_entry
+from sodet.models.registry import get_entry, model_family
 from sodet.options import RunOptions
 
 
@@ -30,7 +30,7 @@ def build_model(options: RunOptions, nc: int, names: dict, weights: torch.nn.Mod
 def attach_options(model, options: RunOptions) -> None:
     """Store the options on the model (they travel with EMA, checkpoints and DDP) and install what they ask."""
     model.sodet = options
-    if getattr(model, "yaml", {}).get("family") == "yolox" and options.weighted_loss is not None:
+    if model_family(model) == "yolox" and options.weighted_loss is not None:
         from sodet.losses.yolox_iou import install_yolox
 
         install_yolox(model.head, options.weighted_loss, options.small_area, options.weight_form)
@@ -38,6 +38,8 @@ def attach_options(model, options: RunOptions) -> None:
 
 def build_dataset(cfg, img_path: str, batch: int, data: dict, mode: str, stride: int, options: RunOptions):
     """SodetDataset with the engine's own arguments (as ``build_yolo_dataset`` passes them)."""
+    from ultralytics.data.utils import get_split_fraction
+
     own_pipeline = options.letterbox == "top-left"  # YOLOX's own evaluation: square, padded bottom/right
     return SodetDataset(
         img_path=img_path,
@@ -56,4 +58,5 @@ def build_dataset(cfg, img_path: str, batch: int, data: dict, mode: str, stride:
         options=options,
         seed=int(cfg.seed),
         center_pad=not own_pipeline,
+        fraction=get_split_fraction(cfg.fraction, "train" if mode == "train" else cfg.split),
     )

@@ -57,6 +57,15 @@ def _entries() -> dict[str, ModelEntry]:
     return {name: ModelEntry(name=name, **spec) for name, spec in load_yaml("models.yaml").items()}
 
 
+def model_family(model) -> str | None:
+    """The family a built model belongs to: sodet's models say so in ``yaml["family"]``; an engine model whose
+    yaml has no family is Ultralytics YOLO; None for anything else."""
+    y = getattr(model, "yaml", None)
+    if not isinstance(y, dict):
+        return None
+    return y.get("family", "yolo")
+
+
 def family_defaults(family: str) -> dict:
     """The engine arguments sodet sets for a family (``cfg/defaults.yaml``)."""
     return dict(load_yaml("defaults.yaml").get(family) or {})

@@ -12,6 +12,7 @@ import torch
 from ultralytics.utils import LOGGER
 
 from sodet.errors import SodetError
+from sodet.models.registry import model_family
 
 COCO80 = None  # filled lazily from the engine's coco.yaml
 
@@ -92,7 +93,7 @@ def load_weights(model, path: str | Path) -> None:
     """Load any supported checkpoint file into a sodet model (YOLOX adapter or Ultralytics DetectionModel)."""
     ckpt = read_checkpoint(path)
     source = checkpoint_model(ckpt) if isinstance(ckpt, dict) else ckpt
-    family = getattr(model, "yaml", {}).get("family", "yolo")
+    family = model_family(model)
     if isinstance(source, torch.nn.Module):  # an engine checkpoint (sodet's or Ultralytics')
         load_module_weights(model, source, path)
         return
@@ -104,8 +105,7 @@ def load_weights(model, path: str | Path) -> None:
 
 def load_module_weights(model, source: torch.nn.Module, origin: str | Path = "the checkpoint") -> None:
     """Weights from a model object of an engine checkpoint (sodet's or Ultralytics'), classes matched by name."""
-    family = getattr(model, "yaml", {}).get("family", "yolo")
-    source_family = getattr(source, "yaml", {}).get("family") if isinstance(getattr(source, "yaml", None), dict) else None
+    family, source_family = model_family(model), model_family(source)
     if family == "yolox":
         if source_family != "yolox":
             raise SodetError(f"{origin} is not a YOLOX checkpoint (cannot load into {model.yaml['name']})")
