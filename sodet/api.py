@@ -151,6 +151,11 @@ def check_train_options(
     if workers is not None and not (isinstance(workers, int) and workers >= 0):
         raise SodetError(f"--workers must be 0 or more, got {workers!r}")
     check_choice("--weight-form", weight_form, {"study", "scale"})
+    check_engine_keys(engine)
+
+
+def check_engine_keys(engine: dict) -> None:
+    """Engine options that sodet's runs would not honour are refused, naming what to use instead."""
     for key, use in NOT_HONOURED.items():
         if key in engine and engine[key] not in (None, False, 0.0):
             raise SodetError(f"-o {key}=... is not used by sodet runs: use {use}")
@@ -204,6 +209,7 @@ def val(
     classes: list[str] | None = None,
     split: str = "val",
     out: str | None = None,
+    size_buckets: bool = True,
     **engine: Any,
 ) -> tuple[Path, dict]:
     """Validate a checkpoint or a registered model; returns (output folder, the COCO metrics)."""
@@ -263,7 +269,7 @@ def val(
         "mode": "val",
         **{k: v for k, v in engine.items() if v is not None},
     }
-    validator = SodetValidator(save_dir=save_dir, args=args, options=options)
+    validator = SodetValidator(save_dir=save_dir, args=args, options=options, size_buckets=size_buckets)
     validator(model=net)
     return save_dir, validator.coco_metrics or {}
 

@@ -45,6 +45,9 @@ def parse_overrides(items: list[str] | None) -> dict:
         if not v.strip():
             raise SodetError(f"override '{item}' has no value")
         out[k.strip()] = smart_value(v.strip())
+    for key in ("weights", "resume", "small_area", "weighted_loss", "copy_paste", "oversample", "freeze_bn"):
+        if key in out:
+            raise SodetError(f"-o {key}=... is sodet's own option: use --{key.replace('_', '-')}")
     return out
 
 
@@ -82,11 +85,14 @@ def train(
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
     """Train or fine-tune a detector (default: yolox-nano from COCO weights on the embedded person+car data)."""
+    from sodet.api import check_engine_keys
     from sodet.api import train as run_train
 
+    overrides = parse_overrides(override)
+    check_engine_keys(overrides)
     engine = dict(
         epochs=epochs if epochs is not None else (10 if data is None else 100), imgsz=imgsz, batch=batch, device=device, workers=workers,
-        seed=seed, project=project, name=name, patience=patience, exist_ok=exist_ok, **parse_overrides(override),
+        seed=seed, project=project, name=name, patience=patience, exist_ok=exist_ok, **overrides,
     )
     save_dir = run_train(
         model=model, data=data, weights=weights, classes=split_classes(classes), resume=resume,
@@ -106,7 +112,9 @@ def val(
     imgsz: Optional[int] = typer.Option(None, "--imgsz"),
     batch: int = typer.Option(16, "--batch"),
     device: Optional[str] = typer.Option(None, "--device"),
-    size_buckets: bool = typer.Option(True, "--size-buckets/--no-size-buckets", help="print AP/AR per object size"),
+    size_buckets: bool = typer.Option(
+        True, "--size-buckets/--no-size-buckets", help="print AP/AR per object size and class (metrics.json has them always)"
+    ),
     out: Optional[str] = typer.Option(None, "--out", help="output folder [runs/val/exp*]"),
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
@@ -115,7 +123,7 @@ def val(
 
     save_dir, metrics = run_val(
         model=model, data=data, weights=weights, classes=split_classes(classes), split=split, out=out,
-        imgsz=imgsz, batch=batch, device=device, verbose=size_buckets, **parse_overrides(override),
+        imgsz=imgsz, batch=batch, device=device, size_buckets=size_buckets, **parse_overrides(override),
     )
     console.print(f"metrics written to [bold]{save_dir / 'metrics.json'}[/bold]")
 

@@ -29,9 +29,6 @@ def provide_fonts() -> None:
 
 
 def quiet_engine() -> None:
-    """No analytics events, no fonts fetched."""
-    from ultralytics.utils import SETTINGS
-
-    if SETTINGS.get("sync", False):
-        SETTINGS.update({"sync": False})
+    """No fonts fetched. Analytics need no switch: the engine sends events only when online, and YOLO_OFFLINE
+    (set above) makes it offline, so the user's settings file is never written."""
     provide_fonts()

@@ -71,8 +71,7 @@ def as_array(metrics: dict) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def yolox_nano():
-    torch = pytest.importorskip("torch")
-    pytest.importorskip("yolox")
+    import torch
     from yolox.config import YoloxConfig
 
     model = YoloxConfig.get_named_config("yolox_nano").get_model()

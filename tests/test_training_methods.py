@@ -9,7 +9,7 @@ import torch
 import yaml
 
 import sodet  # noqa: F401
-from sodet.assets import default_data_dir
+from sodet.assets import COCO_MINI, embedded_data
 
 
 def test_copy_paste_with_weighted_loss_records_counts(tmp_path):
@@ -17,9 +17,9 @@ def test_copy_paste_with_weighted_loss_records_counts(tmp_path):
     oversampled images and the pastes, and the checkpoint keeps both options."""
     from sodet.api import train
 
-    run = train(model="yolox-nano", copy_paste=True, weighted_loss=0.95, epochs=1, imgsz=128, batch=16,
+    run = train(model="yolox-nano", data=str(embedded_data(COCO_MINI)), copy_paste=True, weighted_loss=0.95, epochs=1, imgsz=128, batch=16,
                 device="cpu", workers=0, plots=False, val=False, project=str(tmp_path), name="cpwl")
-    d = json.loads((default_data_dir() / "annotations" / "train.json").read_text())
+    d = json.loads((embedded_data(COCO_MINI) / "annotations" / "train.json").read_text())
     small = {a["image_id"] for a in d["annotations"] if a["area"] < 1024 and not a["iscrowd"]}
     record = yaml.safe_load((run / "copy_paste.yaml").read_text())
     assert record["oversampled_images"] == record["extra_samples"] == len(small)

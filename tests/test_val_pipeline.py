@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import sodet  # noqa: F401
-from sodet.assets import default_data_dir
+from sodet.assets import COCO_MINI, embedded_data
 from sodet.errors import SodetError
 from sodet.eval.cocoeval import METRIC_KEYS
 
@@ -38,23 +38,23 @@ def test_checkpoint_classes_must_match_data(tmp_path):
     """A checkpoint trained on (car) validated on data without that class: one clear message."""
     from sodet.api import train, val
 
-    run = train(model="yolox-nano", classes=["car"], epochs=1, imgsz=128, batch=16, device="cpu", workers=0,
+    run = train(model="yolox-nano", data=str(embedded_data(COCO_MINI)), classes=["car"], epochs=1, imgsz=128, batch=16, device="cpu", workers=0,
                 plots=False, val=False, project=str(tmp_path), name="car")
     bad = tmp_path / "persons"
     (bad / "annotations").mkdir(parents=True)
-    d = json.loads((default_data_dir() / "annotations" / "val.json").read_text())
+    d = json.loads((embedded_data(COCO_MINI) / "annotations" / "val.json").read_text())
     d["categories"] = [c for c in d["categories"] if c["name"] == "person"]
     d["annotations"] = [a for a in d["annotations"] if a["category_id"] == 1]
     (bad / "annotations" / "val.json").write_text(json.dumps(d))
     (bad / "images").mkdir()
-    (bad / "images" / "val").symlink_to(default_data_dir() / "images" / "val", target_is_directory=True)
+    (bad / "images" / "val").symlink_to(embedded_data(COCO_MINI) / "images" / "val", target_is_directory=True)
     with pytest.raises(SodetError, match=r"classes \['car'\] not in"):
         val(model=str(run / "weights" / "best.pt"), data=str(bad), out=str(tmp_path / "v"), device="cpu")
 
 
 def yolo_copy_of_mini(root: Path) -> Path:
     """coco-pc-mini as an Ultralytics YOLO-txt dataset (non-crowd boxes; class 0 person, 1 car)."""
-    src = default_data_dir()
+    src = embedded_data(COCO_MINI)
     for split in ("train", "val"):
         d = json.loads((src / "annotations" / f"{split}.json").read_text())
         (root / "images" / split).mkdir(parents=True)

@@ -34,9 +34,13 @@ def find_options(model) -> RunOptions | None:
 class SodetValidator(DetectionValidator):
     """DetectionValidator that builds sodet's dataset and reports the 12 COCO numbers per size bucket."""
 
-    def __init__(self, dataloader=None, save_dir=None, args=None, _callbacks=None, options: RunOptions | None = None):
+    def __init__(
+        self, dataloader=None, save_dir=None, args=None, _callbacks=None, options: RunOptions | None = None,
+        size_buckets: bool = True,
+    ):
         super().__init__(dataloader, save_dir, args, _callbacks)
         self.options = options
+        self.size_buckets = size_buckets  # print the per-size table (metrics.json always holds every number)
         self.coco_metrics: dict | None = None
 
     def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
@@ -101,7 +105,7 @@ class SodetValidator(DetectionValidator):
         if self.training:
             return
         from sodet.eval.metrics_io import write_metrics
-        from sodet.eval.tables import format_table
+        from sodet.eval.tables import format_table, format_value
 
         self.coco_metrics = self.evaluate_coco()
         write_metrics(
@@ -116,7 +120,11 @@ class SodetValidator(DetectionValidator):
 
         console = Console()
         console.width = max(console.width, 150)  # the 12 columns stay readable in narrow or captured terminals
-        console.print(format_table(self.coco_metrics))
+        if self.size_buckets:
+            console.print(format_table(self.coco_metrics))
+        else:
+            m = self.coco_metrics
+            console.print(" ".join(f"{k} {format_value(m.get(k))}" for k in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")))
         LOGGER.info(
             "Speed per image: {preprocess:.1f} ms preprocess, {inference:.1f} ms inference, "
             "{postprocess:.1f} ms postprocess".format(**self.speed)

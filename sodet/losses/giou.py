@@ -1,7 +1,8 @@
-"""GIoU box loss with small-object weighting, for the GFL family.
+"""GIoU box loss with small-object weighting (the study's GFL form ``1 - W*GIoU``).
 
-GFL's box term is ``1 - GIoU`` per positive (weighted by the detached max class score and normalised by the sum
-of those weights, which stays the head's business). The study's small-object form is ``1 - W*GIoU``.
+Written ahead of the GFL family, which sodet does not have yet: no model uses it today. GFL's box term is
+``1 - GIoU`` per positive (weighted by the detached max class score and normalised by the sum of those weights,
+which will stay the head's business).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one small-object weighting rule that every family's box loss goes through.
 
 Every family's box term is ``1 - s`` per assigned target, for a similarity ``s`` of prediction and target
-(IoU^2 for YOLOX, CIoU for Ultralytics YOLO, GIoU for GFL). For targets whose assigned ground-truth box is
+(IoU^2 for YOLOX, CIoU for Ultralytics YOLO; GIoU for GFL once that family exists). For targets whose assigned ground-truth box is
 small, the reference study used ``1 - W*s`` ("study" form) ``= W*(1 - s) + (1 - W)``: a constant offset
 (nothing for the optimiser) plus the unmodified loss times ``W``, so the box gradient is multiplied by ``W``;
 with the study's ``W = 0.95`` small targets are pushed 5% LESS although the loss value rises by ``(1 - W)*s``.

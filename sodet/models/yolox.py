@@ -7,12 +7,18 @@ adapter converts at its input; YOLOX's own SimOTA loss is used unchanged (its bo
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from torch import nn
 from yolox.config import YoloxConfig
 
 from sodet.models.batchnorm import batchnorm_frozen, freeze_batchnorm
 from sodet.models.registry import register_family
+
+# pixeltable-yolox's loss enters torch.cuda.amp.autocast(enabled=False) on every step, which torch deprecates with a
+# FutureWarning per call: an upstream matter the user cannot act on
+warnings.filterwarnings("ignore", message=r".*torch\.cuda\.amp\.autocast", category=FutureWarning, module=r"yolox\.")
 
 YOLOX_STRIDES = (8.0, 16.0, 32.0)
 NOMINAL_BATCH = 64  # the engine's nbs, and the batch YOLOX's learning rate is quoted for
