@@ -10,6 +10,7 @@ from ultralytics.utils import LOGGER, YAML
 
 from sodet.errors import SodetError
 from sodet.models.registry import family_defaults, model_family
+from sodet.assets import DEFAULT_DATA_IMGSZ
 from sodet.options import SMALL_AREA, RunOptions
 
 
@@ -103,13 +104,19 @@ def train(
         # a bare Ultralytics name (yolo11n) would make the engine fetch yolo11n.pt: give it the model file's name
         "model": str(model) if is_ckpt else (f"{arch}.yaml" if entry.family == "yolo" else arch),
         "data": str(data_yaml),
-        "imgsz": engine.pop("imgsz", None) or entry.imgsz,
+        "imgsz": engine.pop("imgsz", None) or (DEFAULT_DATA_IMGSZ if data is None else entry.imgsz),
         "project": project,
         "name": name,
         "pretrained": False,
-        **family_defaults(entry.family),
+        **family_defaults(entry.family, finetune=bool(weights) or is_ckpt),
         **{k: v for k, v in engine.items() if v is not None},
     }
+    tuned = family_defaults(entry.family, finetune=True).items() - family_defaults(entry.family).items()
+    if (weights or is_ckpt) and tuned:
+        LOGGER.info(
+            "sodet: fine-tuning pretrained weights with " + ", ".join(f"{k} {overrides[k]}" for k, _ in sorted(tuned))
+            + " (cfg/defaults.yaml 'finetune'; -o KEY=VALUE overrides)"
+        )
     trainer = SodetTrainer(overrides=overrides, options=options)
     save_run_options(Path(trainer.save_dir), options)  # beside args.yaml from the start (kept if interrupted)
     trainer.train()

@@ -8,6 +8,7 @@ from pathlib import Path
 from sodet.errors import SodetError
 
 DEFAULT_DATA = "hit-uav-mini"  # thermal UAV frames, 70% small objects: where fine-tuning a COCO model pays off
+DEFAULT_DATA_IMGSZ = 640  # its frames are 640x512 and its objects about 20 px: no downscaling by default
 COCO_MINI = "coco-pc-mini"  # COCO person + car with polygons: the tests' data
 YOLOX_NANO_COCO = "yolox_nano_coco_fusedbn.pth"
 

@@ -70,7 +70,7 @@ class SodetTrainer(DetectionTrainer):
         finally:
             self.args.amp = amp
         self.prepare_batchnorm()
-        self.start_metrics = self.validate_start() if not self.resume and RANK in {-1, 0} else None
+        self.start_metrics = None if self.resume else self.validate_start()  # every rank: validation is sharded
         if wants_amp and self.device.type == "cuda":
             self.amp = True
             self.scaler = torch.amp.GradScaler("cuda", enabled=True)
@@ -140,7 +140,7 @@ class SodetTrainer(DetectionTrainer):
         finally:
             model.train(was)
             self.loss_items = None
-        metrics = self.validator.coco_metrics
+        metrics = self.validator.coco_metrics if RANK in {-1, 0} else None
         if metrics:
             from sodet.eval.metrics_io import write_metrics
 

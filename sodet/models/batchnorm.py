@@ -136,3 +136,14 @@ def batchnorm_frozen(model: nn.Module) -> bool:
     """Whether the model's options ask for frozen BatchNorm (``model.sodet.freeze_bn``)."""
     opts = getattr(model, "sodet", None)
     return bool(getattr(opts, "freeze_bn", False))
+
+
+class FrozenBatchNormTraining:
+    """Mixin for sodet's models: ``train()`` keeps BatchNorm frozen when the run asks for it (``--freeze-bn``),
+    which holds through the engine's ``model.train()`` at every epoch."""
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if mode and batchnorm_frozen(self):
+            freeze_batchnorm(self)
+        return self

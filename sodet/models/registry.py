@@ -66,9 +66,14 @@ def model_family(model) -> str | None:
     return y.get("family", "yolo")
 
 
-def family_defaults(family: str) -> dict:
-    """The engine arguments sodet sets for a family (``cfg/defaults.yaml``)."""
-    return dict(load_yaml("defaults.yaml").get(family) or {})
+def family_defaults(family: str, finetune: bool = False) -> dict:
+    """The engine arguments sodet sets for a family (``cfg/defaults.yaml``), with the fine-tuning ones on top
+    when the run starts from pretrained weights."""
+    cfg = load_yaml("defaults.yaml")
+    out = dict(cfg.get(family) or {})
+    if finetune:
+        out.update((cfg.get("finetune") or {}).get(family) or {})
+    return out
 
 
 def get_entry(name: str) -> ModelEntry:

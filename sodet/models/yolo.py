@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from ultralytics.nn.tasks import DetectionModel
 
-from sodet.models.batchnorm import batchnorm_frozen, freeze_batchnorm
+from sodet.models.batchnorm import FrozenBatchNormTraining
 from sodet.models.registry import register_family
 
 
-class SodetDetectionModel(DetectionModel):
+class SodetDetectionModel(FrozenBatchNormTraining, DetectionModel):
     """The engine's DetectionModel whose criterion gets sodet's box-loss weighting when a run asks for it."""
 
     def init_criterion(self):
@@ -19,13 +19,6 @@ class SodetDetectionModel(DetectionModel):
 
             criterion = install_ultralytics(criterion, opts.weighted_loss, opts.small_area, opts.weight_form)
         return criterion
-
-    def train(self, mode: bool = True):
-        """``--freeze-bn``: BatchNorm stays in eval mode with frozen affine parameters (MMDetection's norm_eval)."""
-        super().train(mode)
-        if mode and batchnorm_frozen(self):
-            freeze_batchnorm(self)
-        return self
 
 
 @register_family("yolo")

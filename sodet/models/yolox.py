@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from yolox.config import YoloxConfig
 
-from sodet.models.batchnorm import batchnorm_frozen, freeze_batchnorm
+from sodet.models.batchnorm import FrozenBatchNormTraining
 from sodet.models.registry import register_family
 
 # pixeltable-yolox's loss enters torch.cuda.amp.autocast(enabled=False) on every step, which torch deprecates with a
@@ -24,7 +24,7 @@ YOLOX_STRIDES = (8.0, 16.0, 32.0)
 NOMINAL_BATCH = 64  # the engine's nbs, and the batch YOLOX's learning rate is quoted for
 
 
-class YoloxDetector(nn.Module):
+class YoloxDetector(FrozenBatchNormTraining, nn.Module):
     """A YOLOX network that the engine can train, validate, checkpoint, resume and deep-copy."""
 
     task = "detect"
@@ -76,13 +76,6 @@ class YoloxDetector(nn.Module):
         YOLOX-Nano's weights to fp16 moves its scores by up to 0.016 (measured on COCO images), enough to move COCO
         AP by 0.004 on a small set, so a checkpoint would not score what was validated. Inputs are cast to the
         weights' dtype; CUDA training still computes in fp16 under AMP autocast."""
-        return self
-
-    def train(self, mode: bool = True):
-        """``--freeze-bn``: BatchNorm stays in eval mode with frozen affine parameters (MMDetection's norm_eval)."""
-        super().train(mode)
-        if mode and batchnorm_frozen(self):
-            freeze_batchnorm(self)
         return self
 
     def forward(self, x, *args, **kwargs):
