@@ -97,7 +97,9 @@ def train(
         classes=YAML.load(data_yaml)["sodet_classes"],
         data=str(Path(data).resolve()) if data else None,
         freeze_bn=freeze_bn if freeze_bn is not None or not is_ckpt else saved.freeze_bn,
-        letterbox=family_letterbox(entry.family),
+        # evaluated as the weights were trained: pretrained YOLOX in its own pipeline, a network trained from
+        # scratch by sodet in the engine's (centred, rect batches)
+        letterbox=saved.letterbox if is_ckpt else family_letterbox(entry.family) if weights else "center",
     )
     project, name = run_dir("train", engine.pop("name", None), engine.pop("project", None))
     overrides = {
@@ -282,6 +284,6 @@ def val(
 
 
 def family_letterbox(family: str) -> str:
-    """Evaluation padding: YOLOX's own pipeline (square, bottom/right: how its weights were trained and how its
-    papers evaluate) for YOLOX, the engine's (centred, rect batches) for the others."""
+    """Evaluation padding of pretrained weights: YOLOX's own pipeline (square, bottom/right: how its weights were
+    trained and how its papers evaluate) for YOLOX, the engine's (centred, rect batches) for the others."""
     return "top-left" if family == "yolox" else "center"

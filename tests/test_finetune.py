@@ -40,6 +40,9 @@ def test_reconditioned_folded_weights_keep_outputs_and_survive_fp16():
     with torch.no_grad():
         before = m(x)
     assert batchnorm_folded(m) and not batchnorm_frozen(m)
+    from sodet.models.yolox import YoloxDetector
+
+    assert not batchnorm_folded(YoloxDetector("yolox-nano", 2))  # fresh init: same statistics, zero biases
     m.pixels_in_unit_range()
     assert m.input_scale == 1.0
     unfold_batchnorm(m, [x[:2], x[2:]])

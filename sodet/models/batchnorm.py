@@ -43,13 +43,18 @@ def conv_bn_pairs(model: nn.Module) -> list[tuple[nn.Conv2d, nn.BatchNorm2d]]:
 
 
 def batchnorm_folded(model: nn.Module) -> bool:
-    """True when no BatchNorm has statistics: zero running mean, unit weight, one constant running variance."""
+    """True when no BatchNorm has statistics (zero running mean, unit weight, one constant running variance) but
+    the biases carry the folded ones. A freshly initialised network has the same statistics with zero biases."""
     bns = batchnorms(model)
-    return bool(bns) and all(
-        bool((m.running_mean == 0).all())
-        and bool((m.weight == 1).all())
-        and float((m.running_var - m.running_var[0]).abs().max()) == 0
-        for m in bns
+    return (
+        bool(bns)
+        and all(
+            bool((m.running_mean == 0).all())
+            and bool((m.weight == 1).all())
+            and float((m.running_var - m.running_var[0]).abs().max()) == 0
+            for m in bns
+        )
+        and any(bool((m.bias != 0).any()) for m in bns)
     )
 
 
