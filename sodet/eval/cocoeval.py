@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from os import PathLike
@@ -77,8 +76,9 @@ def load_gt(gt: Mapping[str, Any] | str | PathLike) -> dict[str, Any]:
         path = Path(gt)
         if not path.is_file():
             raise SodetError(f"ground-truth file not found: {path}")
-        with open(path) as f:
-            gt = json.load(f)
+        from sodet.data.coco import read_json  # the one COCO json reader
+
+        gt = read_json(path)
     if not isinstance(gt, Mapping):
         raise SodetError(f"ground truth must be a COCO dict or a json path, got {type(gt).__name__}")
     missing = [k for k in ("images", "annotations", "categories") if k not in gt]
