@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from ultralytics.utils import LOGGER, YAML
 
+from sodet.assets import DEFAULT_DATA_IMGSZ
 from sodet.errors import SodetError
 from sodet.models.registry import family_defaults, model_family
-from sodet.assets import DEFAULT_DATA_IMGSZ
 from sodet.options import SMALL_AREA, RunOptions
 
 
@@ -139,7 +139,7 @@ NOT_HONOURED_YOLOX = {  # engine options that act on the engine's own models onl
 
 def check_train_options(
     small_area: float, weighted_loss: float | None, weight_form: str, oversample: float, paste_copies: int,
-    family: str | None = None, **engine: Any,
+    **engine: Any,
 ) -> None:
     """One line for any invalid value, before any work is done."""
     positive = {"--small-area": small_area, "--oversample": oversample, "--paste-copies": paste_copies}
@@ -171,6 +171,7 @@ def check_engine_keys(engine: dict) -> None:
 
 
 def check_family_options(family: str, engine: dict) -> None:
+    """Engine options that only act on the engine's own models are refused for YOLOX."""
     given = sorted(set(NOT_HONOURED_YOLOX) & {k for k, v in engine.items() if v is not None})
     if family == "yolox" and given:
         raise SodetError(f"-o {given[0]}=... does not apply to YOLOX: {NOT_HONOURED_YOLOX[given[0]]}")

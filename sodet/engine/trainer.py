@@ -130,7 +130,7 @@ class SodetTrainer(DetectionTrainer):
         if not self.args.val or self.args.epochs < 1:
             return None
         model = unwrap_model(self.model)
-        was = model.training
+        was, plots = model.training, self.validator.args.plots
         model.eval()  # no BatchNorm statistics change while the validator asks for loss items
         try:
             with torch.no_grad():
@@ -140,6 +140,7 @@ class SodetTrainer(DetectionTrainer):
         finally:
             model.train(was)
             self.loss_items = None
+            self.validator.args.plots = plots  # the validator switches plots off for epochs before the last
         metrics = self.validator.coco_metrics if RANK in {-1, 0} else None
         if metrics:
             from sodet.eval.metrics_io import write_metrics
