@@ -2,4 +2,4 @@
 
 from sodet import offline as _offline  # noqa: F401  (must run before ultralytics is imported)
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
