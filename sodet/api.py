@@ -109,7 +109,7 @@ def train(
         "imgsz": engine.pop("imgsz", None) or (DEFAULT_DATA_IMGSZ if data is None else entry.imgsz),
         "project": project,
         "name": name,
-        "pretrained": False,
+        "pretrained": is_ckpt,  # the engine drops a .pt model's weights when this is False
         **family_defaults(entry.family, finetune=bool(weights) or is_ckpt),
         **{k: v for k, v in engine.items() if v is not None},
     }

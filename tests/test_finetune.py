@@ -150,6 +150,19 @@ def test_learning_rate_zero_leaves_every_number_unchanged(lr0_run):
     assert next(model.parameters()).dtype == torch.float32  # YOLOX checkpoints keep fp32 weights
 
 
+def test_fine_tuning_a_sodet_checkpoint_starts_from_its_weights(lr0_run, tmp_path):
+    """`sodet train --model best.pt` starts where that run ended (same start numbers), keeps its BatchNorm mode."""
+    from sodet.api import train
+
+    run = train(model=str(lr0_run / "weights" / "best.pt"), epochs=1, lr0=0.0, warmup_bias_lr=0.0,
+                project=str(tmp_path), name="again", **TINY)
+    before = json.loads((lr0_run / "metrics.json").read_text())
+    start = json.loads((run / "start" / "metrics.json").read_text())
+    assert start["AP"] == pytest.approx(before["AP"], abs=1e-6) and start["AP"] > 0.05
+    ckpt = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    assert (ckpt.get("ema") or ckpt["model"]).sodet.freeze_bn is True
+
+
 def test_predictions_json_rescores_to_metrics_json(tmp_path):
     """pycocotools on predictions.json against the ground truth gives all 12 numbers of metrics.json (1e-6):
     predictions.json holds exactly the detections scored (at most 100 per image, though NMS keeps up to 300)."""

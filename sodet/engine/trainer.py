@@ -108,7 +108,7 @@ class SodetTrainer(DetectionTrainer):
                 opts.freeze_bn = folded
                 why = "auto: folded weights, their statistics are estimates" if folded else "auto: as the original recipe"
             else:
-                why = "--freeze-bn" if opts is not None and opts.freeze_bn else "--no-freeze-bn"
+                why = "as --freeze-bn/--no-freeze-bn or the sodet checkpoint it starts from set it"
             if self.world_size > 1:
                 import torch.distributed as dist
 
