@@ -95,9 +95,10 @@ class SodetValidator(DetectionValidator):
             for k, key in SIZE_KEYS.items():
                 v = self.coco_metrics.get(k)
                 stats[key] = -1.0 if v is None else float(v)
-            if self.coco_metrics.get("AP") is not None:
-                stats["metrics/AP_coco(B)"] = float(self.coco_metrics["AP"])  # per epoch in results.csv
-                stats["fitness"] = float(self.coco_metrics["AP"])  # best.pt is the checkpoint with the best COCO AP
+            ap = self.coco_metrics.get("AP")
+            stats["metrics/AP_coco(B)"] = -1.0 if ap is None else float(ap)  # per epoch in results.csv, every epoch
+            if ap is not None:
+                stats["fitness"] = float(ap)  # best.pt is the checkpoint with the best COCO AP
         return stats
 
     def finalize_metrics(self) -> None:
