@@ -343,5 +343,17 @@ def test_pasted_mask_is_cocos_on_real_small_objects():
         areas += a["area"]
         checked += 1
     assert checked >= 20
+    # and every polygon object of the set, any size, rasterised where it lies, equals its whole-image decode
+    for a in d["annotations"]:
+        if a.get("iscrowd") or not isinstance(a["segmentation"], list):
+            continue
+        im = images[a["image_id"]]
+        parts = [np.asarray(p, np.float64).reshape(-1, 2) for p in a["segmentation"] if len(p) >= 6]
+        full = source_mask((im["height"], im["width"]), parts)
+        x, y, bw, bh = a["bbox"]
+        piece = _cut_piece(np.zeros((im["height"], im["width"], 3), np.uint8), [x, y, x + bw, y + bh], parts)
+        x0, y0 = piece.origin
+        assert np.array_equal(full[y0:y0 + piece.mask.shape[0], x0:x0 + piece.mask.shape[1]], piece.mask)
+        assert full.sum() == piece.mask.sum()
     # summed over the small objects, COCO's mask matches their annotated areas; fillPoly's is far larger
     assert abs(ours / areas - 1) < 0.05 and fill_poly / areas > 1.10

@@ -53,16 +53,18 @@ def _as_boxes(a) -> np.ndarray:
     return np.asarray(a, dtype=np.float64).reshape(-1, 4)
 
 
-def coco_polygon_mask(parts: list[np.ndarray], image_shape: tuple[int, int], window: tuple[int, int, int, int]) -> np.ndarray:
-    """The object's mask as COCO defines it (pycocotools' rasteriser, the one that computed its ``area``), cut to
-    ``window`` (x0, y0, x1, y1). Rasterised in image coordinates: pycocotools rounds at a 1/5-pixel grid, so a
-    shifted polygon can give another mask. cv2.fillPoly marks about 18% more pixels on small objects."""
+def coco_polygon_mask(parts: list[np.ndarray], window: tuple[int, int, int, int]) -> np.ndarray:
+    """The object's mask as COCO defines it (pycocotools' rasteriser, the one that computed its ``area``), in the
+    image pixels of ``window`` (x0, y0, x1, y1). cv2.fillPoly marks about 18% more pixels on small objects.
+
+    Rasterised in image coordinates (pycocotools' rounding depends on them: a polygon shifted by whole pixels can
+    come out different), on a canvas that ends at the window's bottom-right corner instead of the image's."""
     from pycocotools import mask as mask_utils
 
-    h, w = image_shape
     x0, y0, x1, y1 = window
-    rle = mask_utils.merge(mask_utils.frPyObjects([np.asarray(p, np.float64).ravel().tolist() for p in parts], h, w))
-    return mask_utils.decode(rle)[y0:y1, x0:x1].astype(bool)
+    flat = [np.asarray(p, np.float64).ravel().tolist() for p in parts]
+    canvas = mask_utils.decode(mask_utils.merge(mask_utils.frPyObjects(flat, y1, x1)))
+    return canvas[y0:y1, x0:x1].astype(bool)
 
 
 def _cut_piece(img: np.ndarray, box: list[float], polygon) -> _Piece | None:
@@ -76,7 +78,7 @@ def _cut_piece(img: np.ndarray, box: list[float], polygon) -> _Piece | None:
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1 + 1, w), min(y1 + 1, h)
         if x1 <= x0 or y1 <= y0:
             return None
-        mask = coco_polygon_mask(parts, (h, w), (x0, y0, x1, y1))
+        mask = coco_polygon_mask(parts, (x0, y0, x1, y1))
         if not mask.any():
             return None
     else:
