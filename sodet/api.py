@@ -102,6 +102,7 @@ def train(
         letterbox=saved.letterbox if is_ckpt else family_letterbox(entry.family) if weights else "center",
     )
     project, name = run_dir("train", engine.pop("name", None), engine.pop("project", None))
+    defaults = family_defaults(entry.family, finetune=bool(weights) or is_ckpt)
     overrides = {
         # a bare Ultralytics name (yolo11n) would make the engine fetch yolo11n.pt: give it the model file's name
         "model": str(model) if is_ckpt else (f"{arch}.yaml" if entry.family == "yolo" else arch),
@@ -110,11 +111,11 @@ def train(
         "project": project,
         "name": name,
         "pretrained": is_ckpt,  # the engine drops a .pt model's weights when this is False
-        **family_defaults(entry.family, finetune=bool(weights) or is_ckpt),
+        **defaults,
         **{k: v for k, v in engine.items() if v is not None},
     }
-    tuned = family_defaults(entry.family, finetune=True).items() - family_defaults(entry.family).items()
-    if (weights or is_ckpt) and tuned:
+    tuned = defaults.items() - family_defaults(entry.family).items()  # what the fine-tuning block changed
+    if tuned:
         LOGGER.info(
             "sodet: fine-tuning pretrained weights with " + ", ".join(f"{k} {overrides[k]}" for k, _ in sorted(tuned))
             + " (cfg/defaults.yaml 'finetune'; -o KEY=VALUE overrides)"
@@ -163,8 +164,20 @@ def check_train_options(
     check_engine_keys(engine)
 
 
+SODET_OWN = ("weights", "resume", "small_area", "weighted_loss", "copy_paste", "oversample", "freeze_bn")
+
+
+def refuse_sodet_own(engine: dict) -> None:
+    """sodet's own options given as engine options (``-o weights=...``) are refused, naming the flag to use."""
+    for key in SODET_OWN:
+        if key in engine:
+            raise SodetError(f"-o {key}=... is sodet's own option: use --{key.replace('_', '-')}")
+
+
 def check_engine_keys(engine: dict) -> None:
-    """Engine options that sodet's runs would not honour are refused, naming what to use instead."""
+    """Engine options that sodet's runs would not honour, and sodet's own options given as engine options, are
+    refused, naming what to use instead."""
+    refuse_sodet_own(engine)
     for key, use in NOT_HONOURED.items():
         if key in engine and engine[key] not in (None, False, 0.0):
             raise SodetError(f"-o {key}=... is not used by sodet runs: use {use}")

@@ -45,9 +45,6 @@ def parse_overrides(items: list[str] | None) -> dict:
         if not v.strip():
             raise SodetError(f"override '{item}' has no value")
         out[k.strip()] = smart_value(v.strip())
-    for key in ("weights", "resume", "small_area", "weighted_loss", "copy_paste", "oversample", "freeze_bn"):
-        if key in out:
-            raise SodetError(f"-o {key}=... is sodet's own option: use --{key.replace('_', '-')}")
     return out
 
 
@@ -119,11 +116,15 @@ def val(
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
     """Validate: COCO AP/AR overall, per size bucket and per class (identical to pycocotools)."""
+    from sodet.api import refuse_sodet_own
     from sodet.api import val as run_val
+
+    overrides = parse_overrides(override)
+    refuse_sodet_own(overrides)
 
     save_dir, metrics = run_val(
         model=model, data=data, weights=weights, classes=split_classes(classes), split=split, out=out,
-        imgsz=imgsz, batch=batch, device=device, size_buckets=size_buckets, **parse_overrides(override),
+        imgsz=imgsz, batch=batch, device=device, size_buckets=size_buckets, **overrides,
     )
     console.print(f"metrics written to [bold]{save_dir / 'metrics.json'}[/bold]")
 

@@ -19,10 +19,6 @@ from sodet.engine.validator import SodetValidator
 from sodet.options import RunOptions
 
 
-def fmt(v) -> str:
-    return "n/a" if v is None else f"{v:.3f}"
-
-
 class SodetTrainer(DetectionTrainer):
     """DetectionTrainer whose model, dataset, validator and loss are sodet's.
 
@@ -147,7 +143,9 @@ class SodetTrainer(DetectionTrainer):
 
             v = self.validator
             write_metrics(self.save_dir / "start", metrics, options=v.run_record(), dataset=v.dataset_identity(), speed=None, predictions=v.jdict)
-            LOGGER.info(f"{colorstr('sodet:')} before training: AP {metrics['AP']:.3f}, APs {fmt(metrics.get('APs'))}")
+            from sodet.eval.tables import format_value
+
+            LOGGER.info(f"{colorstr('sodet:')} before training: AP {format_value(metrics['AP'])}, APs {format_value(metrics.get('APs'))}")
         return metrics
 
     def final_eval(self):

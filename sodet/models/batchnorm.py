@@ -7,8 +7,8 @@ Why this exists (measured on the shipped YOLOX-Nano, whose BatchNorm was folded 
   original network's parametrization did. The first convolution sees 0-255 pixels with nothing normalising it
   (its gradient/weight ratio is ~5,400 against a median of 0.17): SGD blows up at once.
 - Training-mode BatchNorm started from folded values (mean 0, var 1) re-scales every layer on the first batch.
-- The engine stores checkpoints (and, on CUDA, validates the EMA) in fp16, where values above 65,504 become inf;
-  the statistics of a convolution fed 0-255 pixels can exceed that.
+- The engine stores checkpoints in fp16 (``.half()``; the standalone validator's ``half`` does the same), where
+  values above 65,504 become inf; the statistics of a convolution fed 0-255 pixels can exceed that.
 
 ``unfold_batchnorm`` restores the standard ``conv -> BatchNorm`` parametrization without changing what the network
 computes: each output channel of ``W'`` is rescaled to a He-init norm (``sqrt(2)``, what a BatchNorm network trained
@@ -77,10 +77,10 @@ def rescale_channels(conv: nn.Conv2d, bn: nn.BatchNorm2d, a: torch.Tensor, mean=
 
 
 @torch.no_grad()
-def unfold_batchnorm(model: nn.Module, images: list[torch.Tensor], forward=None) -> int:
+def unfold_batchnorm(model: nn.Module, images: list[torch.Tensor]) -> int:
     """Measure each conv + BatchNorm pair's activation statistics on ``images`` (eval mode: a folded BatchNorm is
     an affine map, so each sees the real activations) and restore the unfolded form with He-norm weights.
-    ``forward`` runs the model on one batch (default ``model(x)``). Returns the number of pairs set."""
+    Returns the number of pairs set."""
     pairs = conv_bn_pairs(model)
     sums = {id(bn): [0.0, 0.0, 0] for _, bn in pairs}
 
@@ -96,7 +96,7 @@ def unfold_batchnorm(model: nn.Module, images: list[torch.Tensor], forward=None)
     model.eval()
     try:
         for im in images:
-            (forward or model)(im)
+            model(im)
     finally:
         for h in hooks:
             h.remove()
@@ -116,13 +116,13 @@ def unfold_batchnorm(model: nn.Module, images: list[torch.Tensor], forward=None)
 @torch.no_grad()
 def fp16_safe_batchnorm(model: nn.Module, limit: float = FP16_SAFE_VAR) -> int:
     """Rescale conv + BatchNorm pairs whose running variance exceeds ``limit``, so that fp16 copies (the engine's
-    checkpoints, CUDA validation) keep them finite. Same eval-mode function; returns the number of pairs changed."""
+    checkpoints, half-precision validation) keep them finite. Same eval-mode function; returns the pairs changed."""
     changed = 0
     for conv, bn in conv_bn_pairs(model):
-        big = bn.running_var.double() > limit
+        var = bn.running_var.double()
+        big = var > limit
         if bool(big.any()):
-            a = torch.where(big, (limit / bn.running_var.double().clamp(min=1e-12)).sqrt() / 4, torch.ones_like(bn.running_var.double()))
-            rescale_channels(conv, bn, a)
+            rescale_channels(conv, bn, torch.where(big, (limit / var).sqrt() / 4, torch.ones_like(var)))
             changed += 1
     return changed
 

@@ -72,9 +72,9 @@ class YoloxDetector(FrozenBatchNormTraining, nn.Module):
             self.input_scale = 1.0
 
     def half(self):
-        """Weights stay fp32. The engine stores checkpoints (and validates on CUDA) after ``.half()``; rounding
-        YOLOX-Nano's weights to fp16 moves its scores by up to 0.016 (measured on COCO images), enough to move COCO
-        AP by 0.004 on a small set, so a checkpoint would not score what was validated. Inputs are cast to the
+        """Weights stay fp32. The engine stores checkpoints after ``.half()`` (and half-precision validation calls it);
+        rounding YOLOX-Nano's weights to fp16 moves its scores by up to 0.016 (measured on COCO images), enough to
+        move COCO AP by 0.004 on a small set, so a checkpoint would not score what was validated. Inputs are cast to the
         weights' dtype; CUDA training still computes in fp16 under AMP autocast."""
         return self
 
