@@ -201,6 +201,8 @@ def test_round_trip_and_resume(tmp_path):
         (["train", "-o", "box=2"], "does not apply to YOLOX"),
         (["train", "-o", "classes=[0]"], "use --classes"),
         (["train", "-o", "no_such_option=1", "--epochs", "1"], "no_such_option"),
+        (["train", "-o", "weights=x.pth"], "sodet's own option: use --weights"),
+        (["val", "-o", "weights=x.pth"], "sodet's own option: use --weights"),
     ],
 )
 def test_bad_input_is_one_line(args, message, tmp_path):
