@@ -14,12 +14,15 @@ YOLOX_NANO_COCO = "yolox_nano_coco_fusedbn.pth"
 
 
 def resource_dir(name: str) -> Path:
-    """``cfg/`` or ``datasets/``: installed as ``sodet.<name>``; in a source checkout (package imported from the
-    repository, e.g. by ``python -m pytest`` at its root) the repository's top-level folder."""
+    """``cfg/`` or ``datasets/``: in a source checkout (the package imported from a repository, e.g. by
+    ``python -m pytest`` at its root) the checkout's own top-level folder; installed, ``sodet.<name>``."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "pyproject.toml").is_file() and (checkout / name).is_dir():
+        return checkout / name
     try:
         return Path(str(resources.files(f"sodet.{name}")))
     except ModuleNotFoundError:
-        return Path(__file__).resolve().parents[1] / name
+        return checkout / name
 
 
 def embedded_data(name: str) -> Path:
