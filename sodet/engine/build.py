@@ -34,6 +34,10 @@ def attach_options(model, options: RunOptions) -> None:
         from sodet.losses.yolox_iou import install_yolox
 
         install_yolox(model.head, options.weighted_loss, options.small_area, options.weight_form)
+    if model_family(model) == "gfl" and options.weighted_loss is not None:
+        from sodet.losses.gfl import install_gfl
+
+        install_gfl(model.gfl_loss, options.weighted_loss, options.small_area, options.weight_form)
 
 
 def build_dataset(cfg, img_path: str, batch: int, data: dict, mode: str, stride: int, options: RunOptions):

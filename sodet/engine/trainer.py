@@ -15,6 +15,7 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from sodet.engine.build import build_dataset, build_model
+from sodet.models.registry import model_family
 from sodet.engine.validator import SodetValidator
 from sodet.options import RunOptions
 
@@ -116,7 +117,10 @@ class SodetTrainer(DetectionTrainer):
         frozen = bool(opts is not None and opts.freeze_bn)
         if frozen:
             freeze_batchnorm(model)  # affine parameters frozen now, after the engine built its optimizer
-        notes.append(f"BatchNorm {'frozen (eval mode, affine fixed)' if frozen else 'in training mode'} ({why})")
+        state = "frozen (eval mode, affine fixed)" if frozen else "in training mode"
+        if not frozen and getattr(model, "norm_eval", False):
+            state = "in eval mode, affine learning (the architecture's norm_eval)"
+        notes.append(f"BatchNorm {state} ({why})")
         if RANK in {-1, 0}:
             for note in notes:
                 LOGGER.info(f"{colorstr('sodet:')} {note}")
@@ -157,6 +161,43 @@ class SodetTrainer(DetectionTrainer):
 
             LOGGER.info(before_after_table(before, after))
 
+    # GFL's recipe (engine overrides) ------------------------------------------------------------------------
+    def gfl_recipe(self) -> bool:
+        """GFL's own schedule applies: a GFL model, and cos_lr, lrf and warmup_epochs all at the engine's defaults
+        (a user who sets any of them gets the engine's schedule)."""
+        return (
+            model_family(unwrap_model(self.model)) == "gfl"
+            and not self.args.cos_lr
+            and self.args.lrf == DEFAULT_CFG.lrf
+            and self.args.warmup_epochs == DEFAULT_CFG.warmup_epochs
+        )
+
+    def _setup_scheduler(self):
+        """Engine override, GFL only: MMDetection's step schedule (x0.1 at epochs 8 and 11 of 12), scaled to the
+        run's epochs; the engine has only linear and cosine decay."""
+        super()._setup_scheduler()
+        if self.gfl_recipe():
+            self.lf = StepLR((round(self.epochs * 8 / 12), round(self.epochs * 11 / 12)))
+            self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
+
+    def _get_warmup_iterations(self, num_batches):
+        """Engine override, GFL only: MMDetection's linear warm-up over 500 iterations of 16 images, counted in
+        this run's batches (and, as the engine does, leaving the last epoch out of it)."""
+        if not self.gfl_recipe():
+            return super()._get_warmup_iterations(num_batches)
+        return min(round(500 * 16 / self.batch_size), max(self.epochs - 1, 0) * num_batches)
+
+    def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
+        """Engine override, GFL only: MMDetection's SGD (plain momentum, weight decay on every parameter) where
+        the engine's is Nesterov with no decay on norms and biases."""
+        optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
+        if model_family(unwrap_model(model)) == "gfl" and isinstance(optimizer, torch.optim.SGD):
+            decay = max(g["weight_decay"] for g in optimizer.param_groups)
+            for g in optimizer.param_groups:
+                g["nesterov"], g["weight_decay"] = False, decay
+            LOGGER.info(f"{colorstr('sodet:')} GFL's SGD: plain momentum, weight_decay={decay} on every group")
+        return optimizer
+
     # data --------------------------------------------------------------------------------------------------
     def build_dataset(self, img_path: str, mode: str = "train", batch: int | None = None):
         gs = max(int(unwrap_model(self.model).stride.max()), 32)
@@ -187,3 +228,13 @@ class SodetTrainer(DetectionTrainer):
             from ultralytics.utils import YAML
 
             YAML.save(self.save_dir / "copy_paste.yaml", dict(ds.paste_stats))
+
+
+class StepLR:
+    """Learning-rate factor x0.1 at each milestone epoch (a class, not a lambda: the trainer's state pickles)."""
+
+    def __init__(self, milestones: tuple[int, ...], gamma: float = 0.1):
+        self.milestones, self.gamma = tuple(milestones), gamma
+
+    def __call__(self, epoch: int) -> float:
+        return self.gamma ** sum(epoch >= m for m in self.milestones)

@@ -1,8 +1,7 @@
 """GIoU box loss with small-object weighting (the study's GFL form ``1 - W*GIoU``).
 
-Written ahead of the GFL family, which sodet does not have yet: no model uses it today. GFL's box term is
-``1 - GIoU`` per positive (weighted by the detached max class score and normalised by the sum of those weights,
-which will stay the head's business).
+GFL's box term (``sodet.losses.gfl.GflLoss.box_loss``) is ``1 - GIoU`` per positive; its weighting by the
+detached max class score and the normalisation by the sum of those weights stay in ``GflLoss``.
 """
 
 from __future__ import annotations

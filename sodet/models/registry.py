@@ -15,7 +15,7 @@ from sodet.errors import SodetError
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    family: str  # "yolox" | "yolo" (Ultralytics)
+    family: str  # "yolox" | "yolo" (Ultralytics) | "gfl"
     arch: str  # the family's own architecture name (YOLOX config, Ultralytics model file)
     imgsz: int  # default input size
     weights: str | None = None  # default weights shipped with sodet (file name in sodet/weights)
@@ -39,7 +39,7 @@ def register_family(family: str):
 
 
 def family_builder(family: str) -> Callable:
-    from sodet.models import yolo, yolox  # noqa: F401  (families register at import)
+    from sodet.models import gfl, yolo, yolox  # noqa: F401  (families register at import)
 
     return _FAMILIES[family]
 

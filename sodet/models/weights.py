@@ -1,4 +1,5 @@
-"""Loading weights into sodet's models: official YOLOX checkpoints, Ultralytics ``.pt`` and sodet's own runs.
+"""Loading weights into sodet's models: official YOLOX checkpoints, MMDetection GFL checkpoints, torchvision
+ImageNet ResNets (GFL's backbone), Ultralytics ``.pt`` and sodet's own runs.
 
 When a checkpoint predicts the 80 COCO classes and the data holds a subset (person, car), the class outputs
 are taken by class NAME, so a subset keeps its pretrained classifier.
@@ -32,7 +33,8 @@ def require_weights_file(path: str | Path) -> Path:
     if not p.is_file():
         raise SodetError(
             f"weights file not found: {p} (official YOLOX weights: github.com/Megvii-BaseDetection/YOLOX releases; "
-            "put the .pth file there or pass --weights FILE)"
+            "GFL: MMDetection's gfl_*.pth from its model zoo, or a torchvision ImageNet ResNet such as "
+            "resnet50-0676ba61.pth; put the file there or pass --weights FILE)"
         )
     return p
 
@@ -100,12 +102,21 @@ def load_weights(model, path: str | Path) -> None:
     if isinstance(source, dict) and family == "yolox":  # official YOLOX: {"model": state_dict}
         load_yolox_state(model, source)
         return
+    if isinstance(ckpt, dict) and family == "gfl":  # MMDetection {'meta', 'state_dict'}, a bare one, or torchvision's
+        load_gfl_state(model, ckpt.get("state_dict", ckpt), path)
+        return
     raise SodetError(f"{path}: unsupported checkpoint layout for a {family} model")
 
 
 def load_module_weights(model, source: torch.nn.Module, origin: str | Path = "the checkpoint") -> None:
     """Weights from a model object of an engine checkpoint (sodet's or Ultralytics'), classes matched by name."""
     family, source_family = model_family(model), model_family(source)
+    if family == "gfl" or source_family == "gfl":
+        if family != source_family:
+            raise SodetError(f"{origin} holds a {source_family} model, not a {family} one")
+        names = getattr(source, "names", None)
+        load_gfl_state(model, source.float().state_dict(), origin, [names[i] for i in range(len(names))] if names else None)
+        return
     if family == "yolox":
         if source_family != "yolox":
             raise SodetError(f"{origin} is not a YOLOX checkpoint (cannot load into {model.yaml['name']})")
@@ -116,3 +127,57 @@ def load_module_weights(model, source: torch.nn.Module, origin: str | Path = "th
         if source_family == "yolox":
             raise SodetError(f"{origin} holds a YOLOX model, not an Ultralytics YOLO one")
         model.load(source.float())
+
+
+GFL_CONSTANTS = ("bbox_head.integral.project", "num_batches_tracked")  # buffers older MMDetection files may lack
+
+
+def load_gfl_state(model, state: dict, origin: str | Path = "the checkpoint", src_names: list[str] | None = None) -> None:
+    """An MMDetection GFL state dict (keys ``backbone.*``, ``neck.*``, ``bbox_head.*``) loaded strict, the class
+    rows of ``gfl_cls`` taken by name (an 80-class head is COCO's order); or a torchvision ImageNet ResNet file
+    (``conv1.*``, ``layer*``, ``fc.*``) loaded strict into the backbone, the rest keeping MMDetection's init."""
+    name = model.yaml["name"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise SodetError(f"{origin}: not a state dict (expected an MMDetection GFL checkpoint or a torchvision ResNet)")
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if "conv1.weight" in state and not any(k.startswith("backbone.") for k in state):  # torchvision ImageNet ResNet
+        backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        own = model.backbone.state_dict()
+        bad = sorted(set(own) ^ set(backbone)) or [k for k in own if own[k].shape != backbone[k].shape]
+        if bad:
+            raise SodetError(f"{origin} does not fit {name}'s ResNet-{model.backbone.depth} backbone (e.g. {bad[0]})")
+        model.backbone.load_state_dict(backbone)
+        return
+    own = model.state_dict()
+    new = {}
+    for k, v in state.items():
+        if k not in own:
+            raise SodetError(f"{origin} does not fit {name}: unexpected key {k}")
+        if k.startswith("bbox_head.gfl_cls.") and (v.shape[0] != own[k].shape[0] or (src_names and src_names != model_names(model))):
+            v = rows_by_name(own[k], v, src_names or coco80_names()[: v.shape[0]], model_names(model), origin)
+        if v.shape != own[k].shape:
+            raise SodetError(f"{origin} does not fit {name}: {k} is {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+        new[k] = v
+    missing = [k for k in own if k not in new and not k.endswith(GFL_CONSTANTS)]
+    if missing:
+        raise SodetError(f"{origin} does not fit {name}: {len(missing)} keys missing, e.g. {missing[0]}")
+    model.load_state_dict({**own, **new})
+
+
+def model_names(model) -> list[str]:
+    return [model.names[i] for i in range(model.nc)]
+
+
+def rows_by_name(own: torch.Tensor, src: torch.Tensor, src_names: list[str], dst_names: list[str], origin) -> torch.Tensor:
+    """The model's class rows taken from ``src`` by class name; classes the source lacks keep their own init."""
+    rows = class_rows(src_names, dst_names)
+    if all(r is None for r in rows):
+        raise SodetError(f"{origin}: its classes share no name with the data classes {dst_names}")
+    out = own.clone()
+    for i, r in enumerate(rows):
+        if r is not None:
+            out[i] = src[r]
+    absent = [n for n, r in zip(dst_names, rows) if r is None]
+    if absent and src.dim() > 1:  # once per head (weight, not bias)
+        LOGGER.warning(f"classes {absent} not in {origin}: their outputs start untrained")
+    return out

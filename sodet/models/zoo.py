@@ -29,7 +29,7 @@ def zoo_rows(imgsz: int | None = None) -> list[dict]:
         rows.append(
             {
                 "model": name,
-                "family": {"yolox": "YOLOX", "yolo": "Ultralytics YOLO"}[e.family],
+                "family": {"yolox": "YOLOX", "yolo": "Ultralytics YOLO", "gfl": "GFL"}[e.family],
                 "params": sum(p.numel() for p in model.parameters()),
                 "gflops": gflops(model, size),
                 "imgsz": size,
