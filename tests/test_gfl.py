@@ -1,0 +1,320 @@
+"""GFL family: architecture and parameter counts as MMDetection's, outputs/assignment/losses/detections equal to
+MMDetection 3.3.0's own (fixtures in ../shared), weights in MMDetection's and torchvision's layouts, the engine
+recipe, small-object weighting and copy-paste on the engine, and learning from scratch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+import yaml
+
+import sodet  # noqa: F401  (offline switches first)
+from sodet.assets import COCO_MINI, embedded_data
+from sodet.errors import SodetError
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+FIXTURES = SHARED / "fixtures" / "gfl-mmdet"
+MINI = embedded_data(COCO_MINI)
+
+
+def build(name: str, nc: int, names: dict | None = None):
+    from sodet.models.registry import get_entry
+
+    return get_entry(name).build(nc, names)
+
+
+# architecture ---------------------------------------------------------------------------------------------------
+def test_shapes_per_level():
+    """P3..P7 at strides 8..128 (P6/P7 by stride-2 convs: ceil sizes), class and distribution maps per level,
+    and the engine's (B, 4 + nc, N) over every location."""
+    m = build("gfl-r18", 2).eval()
+    img = torch.rand(2, 3, 160, 224)
+    with torch.no_grad():
+        f = m.features(img)
+        out = m(img)
+    sizes = [(20, 28), (10, 14), (5, 7), (3, 4), (2, 2)]
+    assert [tuple(x.shape) for x in f["neck"]] == [(2, 256, *s) for s in sizes]
+    assert [tuple(x.shape) for x in f["head"]] == [(2, 2, *s) for s in sizes]
+    assert [tuple(x.shape) for x in f["reg"]] == [(2, 68, *s) for s in sizes]
+    assert out.shape == (2, 6, sum(h * w for h, w in sizes))
+    assert bool(((out[:, 4:] > 0) & (out[:, 4:] < 1)).all())  # sigmoid scores
+    assert float(out[:, 0].min()) >= 0 and float(out[:, 0].max()) <= 224  # box centres inside the input
+
+
+@pytest.mark.parametrize(
+    "name, counts",
+    [("gfl-r18", (19_241_099, 19_420_889)), ("gfl-r50", (32_260_747, 32_440_537)), ("gfl-r101", (51_252_875, 51_432_665))],
+)
+def test_parameter_counts_equal_mmdetection(name, counts):
+    for nc, expected in zip((2, 80), counts):
+        assert sum(p.numel() for p in build(name, nc).parameters()) == expected
+
+
+def test_state_dict_is_mmdetection_layout():
+    """gfl-r50's state dict has MMDetection's 368 keys, in its order, with its shapes."""
+    keys_file = SHARED / "tools" / "mmref" / "gfl_r50_c80_state_dict_keys.txt"
+    if not keys_file.is_file():
+        pytest.skip(f"{keys_file} not present (../shared lies beside the clone in CI)")
+    rows = [line.rstrip("\n").split("\t") for line in keys_file.read_text().splitlines() if line.strip()]
+    sd = build("gfl-r50", 80).state_dict()
+    assert list(sd) == [k for k, _ in rows]
+    assert [str(list(sd[k].shape)) for k, _ in rows] == [s for _, s in rows]
+
+
+def test_frozen_stages_and_norm_eval_hold_in_training():
+    """One optimiser step on the model's own loss: stem and layer1 unchanged (MMDetection's frozen_stages=1),
+    BatchNorm statistics unchanged (norm_eval), layer2 (BatchNorm affine included) and the head learn."""
+    m = build("gfl-r18", 2).train()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    batch = {"img": torch.rand(2, 3, 128, 128), "batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[0.0], [1.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.4, 0.5], [0.3, 0.6, 0.2, 0.3]])}
+    opt = torch.optim.SGD(m.parameters(), lr=0.1)
+    loss, items = m(batch)
+    loss.backward()
+    opt.step()
+    after = m.state_dict()
+    assert set(items) == {"box_loss", "cls_loss", "dfl_loss"}
+    for k in before:
+        if k.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1.")) or "running_" in k:
+            assert torch.equal(before[k], after[k]), k
+    for k in ("backbone.layer2.0.downsample.0.weight", "backbone.layer2.0.bn2.weight"):  # (conv1/2 of a block
+        assert not torch.equal(before[k], after[k]), k  # start without gradient: MMDetection zero-inits bn2)
+    assert not torch.equal(before["bbox_head.gfl_cls.weight"], after["bbox_head.gfl_cls.weight"])
+
+
+# fidelity to MMDetection 3.3.0 (../shared/fixtures/gfl-mmdet) -----------------------------------------------------
+@pytest.fixture(scope="module")
+def mmdet():
+    if not FIXTURES.is_dir():
+        pytest.skip(f"{FIXTURES} not present (../shared lies beside the clone in CI)")
+    from sodet.models.gfl import GflHead
+
+    ref = torch.load(FIXTURES / "reference_outputs.pt", weights_only=True)
+    state = torch.load(FIXTURES / "head_weights.pth", weights_only=True)
+    head = GflHead(2)
+    head.load_state_dict({k.removeprefix("bbox_head."): v for k, v in state.items()}, strict=True)
+    head.eval()
+    with torch.no_grad():
+        cls_scores, bbox_preds = head(ref["neck_feats"])
+    return SimpleNamespace(ref=ref, head=head, cls_scores=cls_scores, bbox_preds=bbox_preds)
+
+
+def test_head_raw_outputs_equal_mmdetection(mmdet):
+    """Within 1e-5 of each map's scale. (Both are float32 roundings of the same function: against a float64 run of
+    this head ours differ by at most 6e-6, MMDetection's by 3.4e-5 on logits up to 11, so a bare 1e-5 absolute
+    bound would test summation order, not the function.)"""
+    for ours, theirs in zip(mmdet.cls_scores + mmdet.bbox_preds, mmdet.ref["cls_scores"] + mmdet.ref["bbox_preds"]):
+        assert ours.shape == theirs.shape
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5 * float(theirs.abs().max()))
+
+
+def test_anchors_and_atss_assignment_equal_mmdetection(mmdet):
+    from sodet.losses.atss import atss_assign
+    from sodet.models.gfl import level_anchors
+
+    ref = mmdet.ref
+    anchors = level_anchors([tuple(c.shape[-2:]) for c in mmdet.cls_scores])
+    assert [a.shape[0] for a in anchors] == ref["num_level_anchors"]
+    assert torch.equal(torch.cat(anchors), ref["anchors"])
+    for i, theirs in enumerate(ref["assign"]):
+        ours = atss_assign(torch.cat(anchors), ref["num_level_anchors"], ref["gt"]["gt_bboxes"][i], ref["gt"]["gt_labels"][i])
+        assert torch.equal(ours.gt_inds, theirs["gt_inds"])
+        assert torch.equal(ours.labels, theirs["labels"])
+        assert torch.equal(ours.max_overlaps, theirs["max_overlaps"])
+        assert int((ours.gt_inds > 0).sum()) > 0
+
+
+def level_major(x: torch.Tensor, n_img: int, num_level: list[int]) -> list[torch.Tensor]:
+    """Our image-major (image, all levels) flattening as MMDetection's per-level (level: image, location) lists."""
+    per_img = x.reshape(n_img, sum(num_level), *x.shape[1:]).split(num_level, dim=1)
+    return [t.reshape(-1, *x.shape[1:]) for t in per_img]
+
+
+def test_losses_and_targets_equal_mmdetection(mmdet):
+    from sodet.losses.gfl import GflLoss
+
+    ref = mmdet.ref
+    gt = ref["gt"]
+    out = GflLoss()(mmdet.head, mmdet.cls_scores, mmdet.bbox_preds, gt["gt_bboxes"], gt["gt_labels"], details=True)
+    for k in ("loss_cls", "loss_bbox", "loss_dfl"):
+        torch.testing.assert_close(out[k], ref["losses"][k], rtol=1e-5, atol=1e-7)
+    t, n = ref["targets"], ref["num_level_anchors"]
+    labels = level_major(out["labels"], 2, n)
+    for lv in range(5):
+        assert torch.equal(labels[lv], t["labels"][lv])
+        torch.testing.assert_close(level_major(out["bbox_targets"], 2, n)[lv], t["bbox_targets"][lv])
+        torch.testing.assert_close(level_major(out["qfl_score"], 2, n)[lv], t["qfl_score"][lv], rtol=1e-5, atol=1e-6)
+    # per-positive GIoU/DFL weights and decoded boxes, in MMDetection's level-major order
+    pos = out["pos_inds"]
+    img, loc = pos // sum(n), pos % sum(n)
+    level = torch.bucketize(loc, torch.tensor(n).cumsum(0), right=True)
+    order = torch.argsort(level * 10**7 + img * 10**6 + loc)  # level, then image, then location
+    assert out["pos_decode_bbox_targets"].shape[0] == t["num_pos_total"]
+    torch.testing.assert_close(out["giou_weight"][order], torch.cat(t["giou_weight"]), rtol=1e-5, atol=1e-6)
+    # decoded from the raw outputs, whose float32 rounding differs (see above): stride units, up to ~30
+    torch.testing.assert_close(out["pos_decode_bbox_pred"][order], torch.cat(t["pos_decode_bbox_pred"]), rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(out["pos_decode_bbox_targets"][order], torch.cat(t["pos_decode_bbox_targets"]))
+
+
+def test_detections_equal_mmdetection(mmdet):
+    from sodet.models.gfl import postprocess
+
+    h, w = mmdet.ref["cfg"]["img_metas"][0]["img_shape"]
+    ours = postprocess(mmdet.head, mmdet.cls_scores, mmdet.bbox_preds, (h, w))
+    for o, r in zip(ours, mmdet.ref["preds"]):
+        assert len(r["scores"]) > 0
+        assert torch.equal(o["labels"], r["labels"])
+        torch.testing.assert_close(o["scores"], r["scores"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(o["bboxes"], r["bboxes"], rtol=0, atol=1e-3)
+
+
+def test_small_object_weighting_of_the_giou_term(mmdet):
+    """--weighted-loss: W = 1 is the stock loss bit for bit; the scale form multiplies the small positives' 1 - GIoU
+    by W, nothing else (checked against the per-positive terms)."""
+    from sodet.losses.gfl import GflLoss, install_gfl
+    from sodet.options import SMALL_AREA
+
+    gt = mmdet.ref["gt"]
+    args = (mmdet.head, mmdet.cls_scores, mmdet.bbox_preds, gt["gt_bboxes"], gt["gt_labels"])
+    stock = GflLoss()(*args, details=True)
+    same = install_gfl(GflLoss(), 1.0)(*args)
+    assert all(torch.equal(stock[k], same[k]) for k in ("loss_cls", "loss_bbox", "loss_dfl"))
+    weighted = install_gfl(GflLoss(), 3.0, form="scale")(*args)
+    from torchvision.ops import generalized_box_iou_loss
+
+    s = stock["pos_decode_bbox_targets"]
+    tgt_px = stock["bbox_targets"][stock["pos_inds"]]
+    small = (tgt_px[:, 2] - tgt_px[:, 0]) * (tgt_px[:, 3] - tgt_px[:, 1]) < SMALL_AREA
+    assert 0 < int(small.sum()) < len(small)
+    per = generalized_box_iou_loss(stock["pos_decode_bbox_pred"], s, reduction="none", eps=1e-7)
+    w = stock["giou_weight"]
+    ratio = (per * w * torch.where(small, 3.0, 1.0)).sum() / (per * w).sum()
+    torch.testing.assert_close(weighted["loss_bbox"], stock["loss_bbox"] * ratio, rtol=1e-5, atol=0)
+    assert torch.equal(weighted["loss_cls"], stock["loss_cls"]) and torch.equal(weighted["loss_dfl"], stock["loss_dfl"])
+
+
+# weights ----------------------------------------------------------------------------------------------------------
+def test_mmdetection_layout_round_trips_strict(tmp_path):
+    """A state dict written in MMDetection's layout ({'meta', 'state_dict'} or bare) loads strict and back equal."""
+    from sodet.models.weights import load_weights
+
+    src = build("gfl-r18", 2, {0: "person", 1: "car"})
+    with torch.no_grad():
+        for p in src.parameters():
+            p.add_(torch.randn_like(p) * 0.01)
+    sd = src.state_dict()
+    for i, payload in enumerate(({"meta": {"CLASSES": ("person", "car")}, "state_dict": sd}, sd)):
+        f = tmp_path / f"gfl{i}.pth"
+        torch.save(payload, f)
+        dst = build("gfl-r18", 2, {0: "person", 1: "car"})
+        load_weights(dst, f)
+        assert all(torch.equal(v, dst.state_dict()[k]) for k, v in sd.items())
+    del sd["neck.fpn_convs.4.conv.bias"]
+    torch.save({"state_dict": sd}, tmp_path / "short.pth")
+    with pytest.raises(SodetError, match=r"short\.pth does not fit gfl-r18: 1 keys missing"):
+        load_weights(build("gfl-r18", 2), tmp_path / "short.pth")
+
+
+def test_coco_head_cut_to_the_data_classes_by_name(tmp_path):
+    """An 80-class MMDetection head loaded for (car, person) takes COCO rows 2 and 0 of gfl_cls."""
+    from sodet.models.weights import load_weights
+
+    sd = build("gfl-r18", 80).state_dict()
+    sd["bbox_head.gfl_cls.weight"] = torch.randn_like(sd["bbox_head.gfl_cls.weight"])
+    sd["bbox_head.gfl_cls.bias"] = torch.randn_like(sd["bbox_head.gfl_cls.bias"])
+    torch.save({"meta": {}, "state_dict": sd}, tmp_path / "coco.pth")
+    m = build("gfl-r18", 2, {0: "car", 1: "person"})
+    load_weights(m, tmp_path / "coco.pth")
+    got = m.state_dict()
+    for k in ("bbox_head.gfl_cls.weight", "bbox_head.gfl_cls.bias"):
+        assert torch.equal(got[k][0], sd[k][2]) and torch.equal(got[k][1], sd[k][0])
+    assert torch.equal(got["bbox_head.gfl_reg.weight"], sd["bbox_head.gfl_reg.weight"])
+
+
+def test_torchvision_imagenet_resnet_loads_into_the_backbone(tmp_path):
+    """A torchvision ResNet file (conv1/bn1/layer*/fc keys) fills the backbone; the rest keeps its init; a file of
+    another depth, a missing file and a YOLOX file are one-line errors naming the file."""
+    import torchvision
+
+    from sodet.models.weights import load_weights
+
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    tv = {k: v + 0.5 if v.is_floating_point() else v for k, v in tv.items()}
+    torch.save(tv, tmp_path / "resnet18-test.pth")
+    m = build("gfl-r18", 2)
+    head_before = m.bbox_head.gfl_cls.weight.clone()
+    load_weights(m, tmp_path / "resnet18-test.pth")
+    got = m.state_dict()
+    assert all(torch.equal(got[f"backbone.{k}"], v) for k, v in tv.items() if not k.startswith("fc."))
+    assert torch.equal(m.bbox_head.gfl_cls.weight, head_before)
+    with pytest.raises(SodetError, match=r"resnet18-test\.pth does not fit gfl-r50's ResNet-50 backbone"):
+        load_weights(build("gfl-r50", 2), tmp_path / "resnet18-test.pth")
+    with pytest.raises(SodetError, match=r"weights file not found: .*nothere\.pth"):
+        load_weights(m, tmp_path / "nothere.pth")
+    torch.save({"model": {"backbone.backbone.stem.conv.conv.weight": torch.zeros(1)}}, tmp_path / "yolox.pth")
+    with pytest.raises(SodetError, match=r"yolox\.pth"):
+        load_weights(m, tmp_path / "yolox.pth")
+
+
+# engine hosting ---------------------------------------------------------------------------------------------------
+def test_recipe_schedule_rule():
+    """GFL's step schedule (x0.1 at 8/12 and 11/12 of the epochs) and 500-iteration warm-up apply only while the
+    user leaves cos_lr, lrf and warmup_epochs at the engine's defaults."""
+    from ultralytics.cfg import get_cfg
+
+    from sodet.engine.trainer import SodetTrainer, StepLR
+
+    assert [StepLR((8, 11))(e) for e in range(12)] == pytest.approx([1.0] * 8 + [0.1] * 3 + [0.01])
+    m = build("gfl-r18", 2)
+    fake = SimpleNamespace(model=m, args=get_cfg(), epochs=12, batch_size=8)
+    assert SodetTrainer.gfl_recipe(fake)
+    fake.gfl_recipe = lambda: SodetTrainer.gfl_recipe(fake)
+    assert SodetTrainer._get_warmup_iterations(fake, num_batches=100) == 1000  # 500 x 16 images at batch 8
+    for change in ({"cos_lr": True}, {"lrf": 0.1}, {"warmup_epochs": 1.0}):
+        assert not SodetTrainer.gfl_recipe(SimpleNamespace(model=m, args=get_cfg(overrides=change)))
+    assert not SodetTrainer.gfl_recipe(SimpleNamespace(model=build("yolox-nano", 2), args=get_cfg()))
+
+
+def engine_run(tmp_path, name, **kw):
+    from sodet.api import train
+
+    run = train(model="gfl-r18", data=str(MINI), epochs=1, imgsz=128, batch=8, device="cpu", workers=0, plots=False,
+                val=False, project=str(tmp_path), name=name, **kw)
+    ckpt = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)
+    args = yaml.safe_load((run / "args.yaml").read_text())
+    losses = [float(x) for x in (run / "results.csv").read_text().splitlines()[1].split(",")[2:5]]
+    return run, ckpt.get("ema") or ckpt["model"], args, losses
+
+
+def test_engine_trains_gfl_with_weighted_loss_and_mosaic_switched_on(tmp_path):
+    """--weighted-loss on gfl-r18 through the engine, GFL's recipe defaults in the run's args, mosaic switched on
+    by the user; the checkpoint holds a GFL model with the weighted GIoU installed."""
+    import math
+
+    run, model, args, losses = engine_run(tmp_path, "wl", weighted_loss=0.95, weight_form="study", mosaic=1.0, close_mosaic=0)
+    assert (args["optimizer"], args["lr0"], args["momentum"], args["weight_decay"], args["nbs"]) == ("SGD", 0.01, 0.9, 0.0001, 16)
+    assert args["mosaic"] == 1.0 and args["iou"] == 0.6
+    assert model.yaml["family"] == "gfl" and model.sodet.weighted_loss == 0.95
+    assert model.gfl_loss.box_loss.weight == 0.95 and model.gfl_loss.box_loss.form == "study"
+    assert all(math.isfinite(x) and x > 0 for x in losses), losses
+
+
+def test_engine_trains_gfl_with_copy_paste(tmp_path):
+    """--copy-paste on gfl-r18 unchanged: the epoch gets its extra samples and pastes; mosaic stays off (GFL)."""
+    run, model, args, losses = engine_run(tmp_path, "cp", copy_paste=True)
+    record = yaml.safe_load((run / "copy_paste.yaml").read_text())
+    assert record["extra_samples"] > 0 and record["pasted"] > 0
+    assert args["mosaic"] == 0.0 and model.sodet.copy_paste
+    assert all(x > 0 for x in losses), losses
+
+
+def test_zoo_lists_gfl():
+    from sodet.models.registry import get_entry, list_models
+
+    assert {"gfl-r18", "gfl-r34", "gfl-r50", "gfl-r101"} <= set(list_models())
+    assert get_entry("gfl-r34").build(2).backbone.depth == 34
