@@ -7,7 +7,10 @@ Trainer (``trainer.py``, subclass of ``DetectionTrainer``)
   public overrides: ``get_model``, ``train`` (builds the model before the multi-GPU launcher pickles it),
   ``build_dataset``, ``get_validator``, ``plot_training_labels``, ``save_metrics``, ``final_eval``.
   private overrides: ``_setup_train`` (AMP without the engine's downloading check; BatchNorm preparation; the
-  start validation), ``_close_dataloader_mosaic`` (YOLOX's L1 term in the last epochs).
+  start validation), ``_close_dataloader_mosaic`` (YOLOX's L1 term in the last epochs); GFL only:
+  ``_setup_scheduler`` (step schedule at 8/12 and 11/12 of the epochs), ``_get_warmup_iterations`` (500 recipe
+  iterations of 16 images) unless cos_lr/lrf/warmup_epochs are set, and ``build_optimizer`` (plain-momentum SGD,
+  weight decay on every group).
   attributes set: ``args.amp`` (restored), ``amp``, ``scaler``, ``ema`` (re-made after re-parametrizing),
   ``loss_items`` and ``epoch`` (only while validating the starting weights, then reset).
 Validator (``validator.py``, subclass of ``DetectionValidator``)
