@@ -183,11 +183,18 @@ def check_engine_keys(engine: dict) -> None:
             raise SodetError(f"-o {key}=... is not used by sodet runs: use {use}")
 
 
+NOT_HONOURED_GFL = {  # the same for GFL
+    "box": "its loss weights are GFL's own (QFL + 2 x GIoU + 0.25 x DFL)", "cls": "its loss weights are GFL's own",
+    "dfl": "its DFL weight is GFL's own (0.25)", "freeze": "GFL freezes its stem and layer1, as MMDetection does",
+}
+
+
 def check_family_options(family: str, engine: dict) -> None:
-    """Engine options that only act on the engine's own models are refused for YOLOX."""
-    given = sorted(set(NOT_HONOURED_YOLOX) & {k for k, v in engine.items() if v is not None})
-    if family == "yolox" and given:
-        raise SodetError(f"-o {given[0]}=... does not apply to YOLOX: {NOT_HONOURED_YOLOX[given[0]]}")
+    """Engine options that only act on the engine's own models are refused for YOLOX and GFL."""
+    refused = {"yolox": ("YOLOX", NOT_HONOURED_YOLOX), "gfl": ("GFL", NOT_HONOURED_GFL)}.get(family)
+    given = sorted(set(refused[1]) & {k for k, v in engine.items() if v is not None}) if refused else []
+    if given:
+        raise SodetError(f"-o {given[0]}=... does not apply to {refused[0]}: {refused[1][given[0]]}")
 
 
 def check_choice(what: str, value: str, allowed: set[str]) -> None:

@@ -375,3 +375,22 @@ def test_gfl_r18_learns_from_scratch():
             for k, r in enumerate(found) for b, s, c in zip(r["bboxes"].tolist(), r["scores"], r["labels"])]
     ap50 = evaluate(gt, dets)["AP50"]
     assert ap50 >= 0.5, ap50
+
+
+def test_fuse_keeps_the_outputs():
+    m = build("gfl-r18", 2)
+    with torch.no_grad():
+        for bn in (x for x in m.modules() if isinstance(x, torch.nn.BatchNorm2d)):
+            bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 2.0), bn.weight.uniform_(0.5, 1.5)
+        x = torch.rand(1, 3, 96, 128)
+        before = m.eval()(x)
+        after = m.fuse()(x)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+    torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+
+
+def test_engine_loss_weights_are_refused_for_gfl(tmp_path):
+    from sodet.api import train
+
+    with pytest.raises(SodetError, match="does not apply to GFL"):
+        train(model="gfl-r18", data=str(MINI), epochs=1, project=str(tmp_path), box=2.0)

@@ -349,11 +349,10 @@ class GflDetector(FrozenBatchNormTraining, nn.Module):
 
     @torch.no_grad()
     def fuse(self, verbose: bool = False):
-        """Fold the (eval-mode) BatchNorm layers into the backbone's convolutions for inference."""
+        """Fold the BatchNorm layers into the backbone's convolutions for inference (same function: GFL's BatchNorm
+        is always in eval mode). The state dict loses the ``bn`` keys: for inference copies only."""
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-        if self.training:
-            return self
         for m in list(self.backbone.modules()):
             for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2"), ("conv3", "bn3")):
                 conv, bn = getattr(m, conv_name, None), getattr(m, bn_name, None)
