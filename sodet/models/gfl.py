@@ -25,7 +25,6 @@ REG_MAX = 16  # distances are distributions over 0..16 strides
 ANCHOR_SCALE = 8  # ATSS's one square anchor per location: side 8 x stride
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # MMDetection's RGB normalisation on 0-255 (ImageNet statistics)
 PIXEL_STD = (58.395, 57.12, 57.375)
-PAD_DIVISOR = 32  # MMDetection pads inputs to multiples of 32; P6/P7 take the odd sizes that follow
 NOMINAL_BATCH = 16  # GFL's recipe quotes its learning rate per 16 images (cfg/defaults.yaml sets the engine's nbs to it)
 DEPTHS = {18: "resnet18", 34: "resnet34", 50: "resnet50", 101: "resnet101"}
 TEST_CFG = dict(nms_pre=1000, score_thr=0.05, iou=0.6, max_per_img=100)  # MMDetection's test_cfg for GFL
@@ -241,8 +240,9 @@ class GflDetector(FrozenBatchNormTraining, nn.Module):
         self.gfl_loss = GflLoss()  # no parameters: the state dict stays MMDetection's
         self.nc = nc
         self.names = names or {i: str(i) for i in range(nc)}
-        # the engine pads inputs to multiples of stride.max(): MMDetection's divisor 32 (P3-P7 strides: bbox_head.strides)
-        self.stride = torch.tensor([8.0, 16.0, float(PAD_DIVISOR)])
+        # per-level strides, as every family's; the engine pads its inputs to multiples of the largest (128), where
+        # MMDetection pads to 32 (P6/P7 then take odd sizes): ``detect`` takes either
+        self.stride = torch.tensor([float(s) for s in STRIDES])
         self.yaml = {"family": "gfl", "name": name, "nc": nc, "channels": 3, "depth": depth}
         self.args = {}
         self.criterion = None  # the loss is gfl_loss; the engine only checks the attribute
