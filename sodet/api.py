@@ -11,7 +11,7 @@ from ultralytics.utils import LOGGER, YAML
 from sodet.assets import DEFAULT_DATA_IMGSZ
 from sodet.errors import SodetError
 from sodet.models.registry import family_defaults, model_family
-from sodet.options import SMALL_AREA, RunOptions
+from sodet.options import SMALL_AREA, DistillOptions, RunOptions
 
 
 def pick_device(device: str | None) -> str:
@@ -43,9 +43,11 @@ def train(
     paste_copies: int = 1,
     paste_jitter: bool = False,
     freeze_bn: bool | None = None,
+    distill: DistillOptions | None = None,
     **engine: Any,
 ) -> Path:
-    """Train (or fine-tune) a detector with sodet's methods; ``engine`` holds the engine's own options."""
+    """Train (or fine-tune) a detector with sodet's methods; ``engine`` holds the engine's own options.
+    ``distill`` (see ``distill()``) adds channel-wise distillation from a frozen teacher."""
     from sodet.data.spec import resolve_data
     from sodet.engine.trainer import SodetTrainer
     from sodet.models.registry import get_entry
@@ -97,11 +99,12 @@ def train(
         classes=YAML.load(data_yaml)["sodet_classes"],
         data=str(Path(data).resolve()) if data else None,
         freeze_bn=freeze_bn if freeze_bn is not None or not is_ckpt else saved.freeze_bn,
+        distill=distill,
         # evaluated as the weights were trained: pretrained YOLOX in its own pipeline, a network trained from
         # scratch by sodet in the engine's (centred, rect batches)
         letterbox=saved.letterbox if is_ckpt else family_letterbox(entry.family) if weights else "center",
     )
-    project, name = run_dir("train", engine.pop("name", None), engine.pop("project", None))
+    project, name = run_dir("distill" if distill else "train", engine.pop("name", None), engine.pop("project", None))
     defaults = family_defaults(entry.family, finetune=bool(weights) or is_ckpt)
     overrides = {
         # a bare Ultralytics name (yolo11n) would make the engine fetch yolo11n.pt: give it the model file's name
@@ -125,6 +128,68 @@ def train(
     trainer.train()
     save_run_options(Path(trainer.save_dir), options)  # again: a multi-GPU launch clears the folder first
     return Path(trainer.save_dir)
+
+
+def distill(
+    teacher: str,
+    model: str = "yolox-nano",
+    teacher_weights: str | None = None,
+    distill_on: str | None = None,
+    tau: float | None = None,
+    cwd_weight: float | None = None,
+    stop_distill: float | None = None,
+    cwd_max_ratio: float = 100.0,
+    **train_options: Any,
+) -> Path:
+    """``train`` with channel-wise distillation from a frozen ``teacher``: a registry name (with ``teacher_weights``
+    or its shipped weights), or a sodet / Ultralytics checkpoint. Unset options take the student family's
+    defaults (``cfg/defaults.yaml`` 'distill')."""
+    from sodet.models.registry import get_entry, load_yaml
+
+    if train_options.get("resume"):
+        return train(**train_options)  # the checkpoint carries the teacher, the connectors and the options
+    student = str(model)
+    family = model_family(sodet_checkpoint(student)[1]) if student.endswith(".pt") else get_entry(student).family
+    on = distill_on or "neck"
+    check_choice("--distill-on", on, {"neck", "head"})
+    defaults = (load_yaml("defaults.yaml").get("distill") or {}).get(family) or {}
+    level = defaults.get(on) or {}
+    opts = DistillOptions(
+        teacher=resolve_teacher(teacher),
+        teacher_weights=str(Path(teacher_weights).resolve()) if teacher_weights else None,
+        on=on,
+        tau=tau if tau is not None else level.get("tau", 1.0),
+        weight=cwd_weight if cwd_weight is not None else level.get("weight", 1.0),
+        stop=stop_distill if stop_distill is not None else defaults.get("stop", 1.0),
+        max_ratio=cwd_max_ratio,
+    )
+    check_distill_options(opts)
+    return train(model=model, distill=opts, **train_options)
+
+
+def resolve_teacher(teacher: str) -> str:
+    """A checkpoint path made absolute (it is rebuilt from there on resume and in multi-GPU workers), or a
+    registry name, checked now: a missing file is one line before any work."""
+    from sodet.models.registry import get_entry
+    from sodet.models.weights import require_weights_file
+
+    if str(teacher).endswith(".pt"):
+        return str(require_weights_file(teacher).resolve())
+    return get_entry(teacher).name
+
+
+def check_distill_options(opts: DistillOptions) -> None:
+    for name, v in {"--tau": opts.tau, "--cwd-weight": opts.weight}.items():
+        if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
+            raise SodetError(f"{name} must be a number above 0, got {v!r}")
+    if not 0 < opts.stop <= 1:
+        raise SodetError(f"--stop-distill must be in (0, 1] (the fraction of the epochs with distillation on), got {opts.stop!r}")
+    if not opts.max_ratio >= 0:
+        raise SodetError(f"--cwd-max-ratio must be 0 (off) or above, got {opts.max_ratio!r}")
+    if opts.teacher_weights:
+        from sodet.models.weights import require_weights_file
+
+        require_weights_file(opts.teacher_weights)
 
 
 # engine options that sodet's runs do not honour, and what to use instead (refused rather than silently dropped)

@@ -7,8 +7,10 @@ switch its small-object methods on. Bad input ends in one line on stderr and exi
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -81,22 +83,59 @@ def train(
     ),
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
-    """Train or fine-tune a detector (default: yolox-nano from COCO weights on the embedded person+car data)."""
+    """Train or fine-tune a detector (default: yolox-nano from COCO weights on the embedded HIT-UAV subset)."""
+    run_train_command(**locals())
+
+
+def run_train_command(distill: dict | None = None, **options) -> None:
+    """``train`` and ``distill``: engine options gathered, sodet's options passed on, the run folder printed."""
     from sodet.api import check_engine_keys
+    from sodet.api import distill as run_distill
     from sodet.api import train as run_train
 
-    overrides = parse_overrides(override)
+    overrides = parse_overrides(options.pop("override"))
     check_engine_keys(overrides)
-    engine = dict(
-        epochs=epochs if epochs is not None else (10 if data is None else 100), imgsz=imgsz, batch=batch, device=device, workers=workers,
-        seed=seed, project=project, name=name, patience=patience, exist_ok=exist_ok, **overrides,
-    )
-    save_dir = run_train(
-        model=model, data=data, weights=weights, classes=split_classes(classes), resume=resume,
-        small_area=small_area, weighted_loss=weighted_loss, weight_form=weight_form, copy_paste=copy_paste,
-        oversample=oversample, paste_copies=paste_copies, paste_jitter=paste_jitter, freeze_bn=freeze_bn, **engine,
-    )
+    epochs, data = options.pop("epochs"), options["data"]
+    engine = {k: options.pop(k) for k in ENGINE_OPTIONS}
+    engine.update(epochs=epochs if epochs is not None else (10 if data is None else 100), **overrides)
+    options["classes"] = split_classes(options["classes"])
+    if distill is not None:
+        save_dir = run_distill(**distill, **options, **engine)
+    else:
+        save_dir = run_train(**options, **engine)
     console.print(f"run saved to [bold]{save_dir}[/bold]")
+
+
+ENGINE_OPTIONS = ("imgsz", "batch", "device", "workers", "seed", "project", "name", "patience", "exist_ok")
+
+
+def distill(
+    teacher: str = typer.Option(..., "--teacher", "-t", help="registry name, a sodet run's best.pt, or an Ultralytics .pt"),
+    teacher_weights: Optional[str] = typer.Option(None, "--teacher-weights", help="weights for a registry-name teacher [its shipped ones]"),
+    distill_on: str = typer.Option("neck", "--distill-on", help="neck: neck/FPN outputs; head: class logits"),
+    tau: Optional[float] = typer.Option(None, "--tau", help="CWD temperature [family default, 1]"),
+    cwd_weight: Optional[float] = typer.Option(None, "--cwd-weight", help="CWD weight per level [YOLOX/YOLO 1, GFL 10 (neck) / 5 (head)]"),
+    stop_distill: Optional[float] = typer.Option(None, "--stop-distill", help="fraction of the epochs with distillation on [YOLOX/YOLO 0.9333, GFL 1]"),
+    cwd_max_ratio: float = typer.Option(100.0, "--cwd-max-ratio", help="stop the run if CWD / detection loss stays above this (0: off)"),
+    **options,
+):
+    """Train a student with channel-wise distillation (CWD) from a frozen teacher; every train option applies."""
+    keys = ("teacher", "teacher_weights", "distill_on", "tau", "cwd_weight", "stop_distill", "cwd_max_ratio")
+    given = locals()
+    run_train_command(distill={k: given[k] for k in keys}, **given["options"])
+
+
+# distill's options: its own, then every option of train (typer reads the signature; annotations resolved here
+# because the module's annotations are strings)
+distill.__signature__ = inspect.Signature(
+    [
+        p.replace(annotation=typing.get_type_hints(f)[p.name])
+        for f in (distill, train)
+        for p in inspect.signature(f).parameters.values()
+        if p.kind is not p.VAR_KEYWORD
+    ]
+)
+app.command("distill")(distill)
 
 
 @app.command()
