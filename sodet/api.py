@@ -131,7 +131,7 @@ def train(
 
 
 def distill(
-    teacher: str,
+    teacher: str | None = None,
     model: str = "yolox-nano",
     teacher_weights: str | None = None,
     distill_on: str | None = None,
@@ -148,6 +148,8 @@ def distill(
 
     if train_options.get("resume"):
         return train(**train_options)  # the checkpoint carries the teacher, the connectors and the options
+    if not teacher:
+        raise SodetError("sodet distill needs --teacher (a registry name, a sodet run's best.pt or an Ultralytics .pt)")
     student = str(model)
     family = model_family(sodet_checkpoint(student)[1]) if student.endswith(".pt") else get_entry(student).family
     on = distill_on or "neck"

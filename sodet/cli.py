@@ -110,7 +110,7 @@ ENGINE_OPTIONS = ("imgsz", "batch", "device", "workers", "seed", "project", "nam
 
 
 def distill(
-    teacher: str = typer.Option(..., "--teacher", "-t", help="registry name, a sodet run's best.pt, or an Ultralytics .pt"),
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="registry name, a sodet run's best.pt, or an Ultralytics .pt [required unless --resume]"),
     teacher_weights: Optional[str] = typer.Option(None, "--teacher-weights", help="weights for a registry-name teacher [its shipped ones]"),
     distill_on: str = typer.Option("neck", "--distill-on", help="neck: neck/FPN outputs; head: class logits"),
     tau: Optional[float] = typer.Option(None, "--tau", help="CWD temperature [family default, 1]"),

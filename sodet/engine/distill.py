@@ -242,7 +242,7 @@ class CwdDistiller(nn.Module):
             s, t = connector(s.float(), t.float())
             cwd = cwd + self.cwd(s, t)
         det = loss.detach().sum() / scale
-        self._guard(float(cwd), float(det))
+        self._guard(float(cwd.detach()), float(det))
         return loss.sum() + cwd * scale, {**items, "det_loss": det, "cwd_loss": cwd.detach()}
 
 
