@@ -64,7 +64,7 @@ class SettingSummary:
 
     @property
     def seconds(self) -> float | None:
-        times = [c.seconds for c in self.cells if c.seconds is not None and c.same_as is None]
+        times = [c.seconds for c in self.cells if c.seconds is not None and c.same_as is None and c.metrics is not None]
         return sum(times) / len(times) if times else None
 
 
@@ -306,7 +306,7 @@ def cells_csv(results: StudyResults) -> str:
 
 
 def _num(value: float | None) -> str:
-    return "" if value is None else repr(round(float(value), 6))
+    return "" if value is None else f"{float(value):.6g}"  # six significant digits: p-values stay readable
 
 
 def save_charts(results: StudyResults, out_dir: Path) -> list[Path]:
