@@ -22,6 +22,7 @@ from sodet.data.cli import data_app
 from sodet.errors import SodetError
 from sodet.options import MEDIUM_AREA, SMALL_AREA
 from sodet.eval.compare import compare_command
+from sodet.eval.study import study_command
 
 app = typer.Typer(
     help="sodet: make lightweight detectors better at small objects (copy-paste oversampling, small-object "
@@ -31,6 +32,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.command("compare")(compare_command)
+app.command("study")(study_command)
 console = Console()
 
 
