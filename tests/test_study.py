@@ -147,6 +147,15 @@ def test_profiles_are_data_and_need_data_where_they_name_none(tmp_path):
     assert opts.overrides["fraction"] == 0.7 and opts.overrides["val"] is False
     with pytest.raises(SodetError, match="unknown study profile"):
         plan_cells(tmp_path, profile="huge")
+    with pytest.raises(SodetError, match="--seeds must be at least 1"):
+        plan_cells(tmp_path, seeds=0)
+    with pytest.raises(SodetError, match="--epochs must be a positive integer, got 0"):
+        plan_cells(tmp_path, epochs=0)
+    with pytest.raises(SodetError, match="unknown model 'nope'"):
+        plan_cells(tmp_path, teacher="nope")
+    for override, message in [("foo=1", "not an engine argument"), ("classes=1", "use --classes")]:
+        result = CliRunner().invoke(app, ["study", "--dry-run", "-o", override])
+        assert result.exit_code != 0 and message in str(result.exception)
 
 
 # running: resume and failures --------------------------------------------------------------------------------

@@ -370,6 +370,7 @@ def plan(
     """Resolve profile and options into the study folder, its settings, seeds and cells; notes for the user."""
     config = study_config()
     all_settings = settings_from(config)
+    check_models(student, teacher)
     values, _ = resolve_profile(
         profile, config, data=data, seeds=seeds, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
         device=device, overrides=overrides, distill_args=distill_args,
@@ -387,12 +388,12 @@ def plan(
             chosen = [all_settings[n] for n in all_settings if n in set(names) | set(extra)]
     else:
         chosen = list(all_settings.values())
-    n_seeds = int(values["seeds"] or 1)
+    n_seeds = int(values["seeds"] if values["seeds"] is not None else 1)
     if n_seeds < 1:
         raise SodetError(f"--seeds must be at least 1, got {n_seeds}")
     for key in ("epochs", "imgsz", "batch"):
         if values[key] is None or int(values[key]) < 1:
-            raise SodetError(f"--{key} must be a positive integer (profile '{profile}' has {values[key]!r})")
+            raise SodetError(f"--{key} must be a positive integer, got {values[key]!r}")
     opts = StudyOptions(
         student=student, teacher=teacher or student, student_weights=_path_or_name(student_weights),
         teacher_weights=_path_or_name(teacher_weights), data=resolve_data(values["data"], profile), classes=classes,
@@ -405,6 +406,32 @@ def plan(
     seed_list = list(range(n_seeds))
     cells = build_cells(study_dir, chosen, seed_list, opts, all_settings)
     return study_dir, opts, chosen, seed_list, cells, notes
+
+
+def check_models(*models: str | None) -> None:
+    """Registry names or existing .pt files: refused here, not once per cell."""
+    from sodet.models.registry import get_entry
+
+    for model in models:
+        if model is None:
+            continue
+        if str(model).endswith(".pt"):
+            if not Path(model).is_file():
+                raise SodetError(f"model checkpoint not found: {model}")
+        else:
+            get_entry(model)
+
+
+def check_overrides(overrides: dict) -> None:
+    """-o keys the engine knows and sodet's runs honour (each cell would fail on them otherwise)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from sodet.api import check_engine_keys
+
+    check_engine_keys(overrides)
+    unknown = sorted(k for k in overrides if k not in DEFAULT_CFG_DICT)
+    if unknown:
+        raise SodetError(f"-o {unknown[0]}=...: not an engine argument")
 
 
 def _path_or_name(value: str | None) -> str | None:
@@ -423,23 +450,23 @@ def default_name(opts: StudyOptions) -> str:
 
 def study_command(
     student: Annotated[str, typer.Option("--student", help="student model: registry name (sodet zoo) or .pt")] = "yolox-nano",
-    teacher: Annotated[Optional[str], typer.Option("--teacher", help="teacher model [the student: self-distillation]")] = None,
-    student_weights: Annotated[Optional[str], typer.Option("--student-weights", help="student's initial weights [the model's shipped weights]")] = None,
-    teacher_weights: Annotated[Optional[str], typer.Option("--teacher-weights", help="teacher's initial weights [its shipped weights]")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="COCO folder or data YAML [the profile's]")] = None,
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="teacher model (default: the student: self-distillation)")] = None,
+    student_weights: Annotated[Optional[str], typer.Option("--student-weights", help="student's initial weights (default: its shipped ones)")] = None,
+    teacher_weights: Annotated[Optional[str], typer.Option("--teacher-weights", help="teacher's initial weights (default: its shipped ones)")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="COCO folder or data YAML (default: the profile's)")] = None,
     classes: Annotated[Optional[str], typer.Option("--classes", help="class names, e.g. person,car")] = None,
-    seeds: Annotated[Optional[int], typer.Option("--seeds", help="seeds 0..N-1 per setting [the profile's]")] = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="seeds 0..N-1 per setting (default: the profile's)")] = None,
     profile: Annotated[str, typer.Option("--profile", help="smoke | cpu | gpu (cfg/study.yaml)")] = "smoke",
     only: Annotated[Optional[str], typer.Option("--only", help="settings to run, e.g. baseline,cp,cwd3")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cells' commands, run nothing")] = False,
     report: Annotated[Optional[Path], typer.Option("--report", help="re-render the report of a study folder")] = None,
     project: Annotated[str, typer.Option("--project", help="output root")] = "runs/study",
-    name: Annotated[Optional[str], typer.Option("--name", help="study name [<student>-<data>-<profile>]")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs")] = None,
-    imgsz: Annotated[Optional[int], typer.Option("--imgsz")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers")] = None,
-    device: Annotated[Optional[str], typer.Option("--device")] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="study name (default: <student>-<data>-<profile>, so the same command resumes)")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="(default: the profile's)")] = None,
+    imgsz: Annotated[Optional[int], typer.Option("--imgsz", help="(default: the profile's)")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="(default: the profile's)")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="(default: the profile's)")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="(default: the profile's)")] = None,
     override: Annotated[Optional[list[str]], typer.Option("--override", "-o", help="engine argument KEY=VALUE for every cell")] = None,
     distill_args: Annotated[Optional[str], typer.Option("--distill-args", help="extra options of the distill cells, e.g. '--tau 2'")] = None,
 ) -> None:
@@ -463,6 +490,7 @@ def study_command(
         imgsz=imgsz, batch=batch, workers=workers, device=device, overrides=parse_overrides(override),
         distill_args=shlex.split(distill_args) if distill_args else None,
     )
+    check_overrides(opts.overrides)
     for note in notes:
         console.print(f"note: {note}")
     manifest = read_manifest(study_dir)
