@@ -325,8 +325,11 @@ def save_charts(results: StudyResults, out_dir: Path) -> list[Path]:
             stats = [s.stats.get(key) for s in results.settings]
             means = [st.mean if st else float("nan") for st in stats]
             errors = [st.half_width if st and st.half_width is not None else float("nan") for st in stats]  # no bar
-            colours = ["0.55" if n == BASELINE else f"C{i % 10}" for i, n in enumerate(names)]
+            palette = [f"C{j}" for j in range(10) if j != 7]  # C7 is grey: the baseline's
+            colours = ["0.55" if n == BASELINE else palette[i % len(palette)] for i, n in enumerate(names)]
             ax.bar(range(len(names)), means, yerr=errors, capsize=3, color=colours)
+            if BASELINE in names and stats[names.index(BASELINE)] is not None:
+                ax.axhline(stats[names.index(BASELINE)].mean, color="0.3", linestyle="--", linewidth=0.8)
             for i, st in enumerate(stats):
                 if st is None:
                     ax.text(i, 0, NOT_AVAILABLE, ha="center", va="bottom", fontsize=7)
