@@ -313,6 +313,8 @@ def val(
         **{k: v for k, v in engine.items() if v is not None},
     }
     validator = SodetValidator(save_dir=save_dir, args=args, options=options, size_buckets=size_buckets, slicer=slicer)
+    if net is None:  # an exported model: rect batches only when it takes any input size
+        validator.fixed_size = not (exported_metadata(model).get("args") or {}).get("dynamic", False)
     validator(model=net)
     return save_dir, validator.coco_metrics or {}
 
@@ -482,7 +484,7 @@ def export(
 
     from sodet.offline import quiet_engine
 
-    formats = dict(zip(export_formats()["Argument"], export_formats()["Format"]))
+    formats = {a: f for a, f in zip(export_formats()["Argument"], export_formats()["Format"]) if a != "-"}
     if format not in formats:
         raise SodetError(f"--format must be one of {', '.join(formats)}, not '{format}'")
     quiet_engine()

@@ -26,11 +26,14 @@ from sodet.options import RunOptions
 RECT_PAD = 0.5  # the validator's rect batches pad half a stride (sodet.engine.build.build_dataset)
 
 
-def eval_letterbox(images: list[np.ndarray], imgsz: int, stride: int, center: bool) -> tuple[list[np.ndarray], list]:
+def eval_letterbox(
+    images: list[np.ndarray], imgsz: int, stride: int, center: bool, rect: bool | None = None
+) -> tuple[list[np.ndarray], list]:
     """The validator's input for a batch of BGR images: long side resized to ``imgsz`` as the dataset loads it,
-    then the engine's LetterBox to the batch shape a rect batch of these images gets (``center``) or to a square
-    padded bottom/right (YOLOX's own pipeline). Returns the images and each one's ratio_pad for ``scale_boxes``."""
-    if center:
+    then the engine's LetterBox to the batch shape a rect batch of these images gets (``center``; a centred square
+    when ``rect`` is False: exported models of a fixed size) or to a square padded bottom/right (YOLOX's own
+    pipeline). Returns the images and each one's ratio_pad for ``scale_boxes``."""
+    if center and (rect is None or rect):
         ar = np.array([im.shape[0] / im.shape[1] for im in images])
         mini, maxi = ar.min(), ar.max()
         shape = [maxi, 1] if maxi < 1 else [1, 1 / mini] if mini > 1 else [1, 1]
@@ -75,10 +78,15 @@ def eval_nms(preds, conf: float, iou: float, max_det: int, classes=None, agnosti
     )
 
 
+def fixed_size(backend) -> bool:
+    """An exported model of one input size (the validator then letterboxes squares, not rect batches)."""
+    return getattr(backend, "format", "pt") not in {"pt"} and not getattr(backend, "dynamic", False)
+
+
 def detect_images(model, images: list[np.ndarray], imgsz: int, center: bool, nms_fn, half: bool = False) -> list[torch.Tensor]:
     """Detections (N, 6) in each image's own pixels for a list of BGR images run as one batch, prepared as the
     validator prepares them: what sliced inference runs on its tiles."""
-    ims, ratio_pads = eval_letterbox(images, imgsz, int(model.stride), center)
+    ims, ratio_pads = eval_letterbox(images, imgsz, int(model.stride), center, rect=not fixed_size(model))
     x = torch.from_numpy(np.stack(ims)).to(model.device).permute(0, 3, 1, 2).flip(1)
     x = (x.half() if half else x.float()) / 255
     dets = nms_fn(model(x))
@@ -122,7 +130,9 @@ class SodetPredictor(DetectionPredictor):
 
     # preprocessing: the validator's --------------------------------------------------------------------------
     def pre_transform(self, im: list[np.ndarray]) -> list[np.ndarray]:
-        out, self.ratio_pads = eval_letterbox(im, max(self.imgsz), int(self.model.stride), self.letterbox == "center")
+        out, self.ratio_pads = eval_letterbox(
+            im, max(self.imgsz), int(self.model.stride), self.letterbox == "center", rect=not fixed_size(self.model)
+        )
         return out
 
     def inference(self, im: torch.Tensor, *args, **kwargs):

@@ -27,7 +27,8 @@ def find_options(model) -> RunOptions | None:
         opts = getattr(model, "sodet", None)
         if isinstance(opts, RunOptions):
             return opts
-        model = model.__dict__.get("model") or model.__dict__.get("module") or model.__dict__.get("_modules", {}).get("model")
+        modules = model.__dict__.get("_modules")  # a TorchScript module's is no dict
+        model = model.__dict__.get("model") or model.__dict__.get("module") or (modules.get("model") if isinstance(modules, dict) else None)
         seen += 1
     return None
 
@@ -43,12 +44,17 @@ class SodetValidator(DetectionValidator):
         self.options = options
         self.slicer = slicer  # sodet.engine.slicing.Slicer: every image also run as SAHI tiles, merged
         self.backend = None  # the model, kept for the tiles
+        self.fixed_size = False  # an exported model of one input size: square letterbox, no rect batches
         self.batch = None
         self.size_buckets = size_buckets  # print the per-size table (metrics.json always holds every number)
         self.coco_metrics: dict | None = None
 
     def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
-        return build_dataset(self.args, img_path, batch, self.data, "val", int(self.stride), self.options or RunOptions())
+        fixed = False if self.training else self.fixed_size  # set by api.val for exported models of one size
+        return build_dataset(
+            self.args, img_path, batch, self.data, "val", int(self.stride), self.options or RunOptions(),
+            rect=False if fixed else None,
+        )
 
     def init_metrics(self, model) -> None:
         self.backend = model
