@@ -422,10 +422,12 @@ def predict(
     slice_threshold: float = 0.5,
     stream: bool = False,
     progress: bool = True,
+    save_json: bool = True,
     **engine: Any,
 ):
     """Run a detector on images, folders, globs, videos or a webcam; returns (output folder, results: the
-    engine's Results objects, or a generator of them with ``stream``)."""
+    engine's Results objects, or a generator of them with ``stream``). ``predictions.json`` (COCO results of the
+    whole run) is written unless ``save_json`` is False."""
     from sodet.engine.predictor import SodetPredictor
     from sodet.engine.slicing import Slicer
     from sodet.offline import quiet_engine
@@ -453,7 +455,7 @@ def predict(
         "batch": 1,
         **{k: v for k, v in engine.items() if v is not None},
     }
-    predictor = SodetPredictor(overrides=overrides, slicer=slicer, progress=progress)
+    predictor = SodetPredictor(overrides=overrides, slicer=slicer, progress=progress, save_json=save_json)
     results = predictor(source=source, model=net, stream=stream)
     return Path(predictor.save_dir), results
 

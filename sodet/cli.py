@@ -206,7 +206,8 @@ def export(
     format: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript, openvino (if installed) ..."),
     weights: Optional[str] = typer.Option(None, "--weights", help="weights for a registry name"),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="input size [the model's]"),
-    dynamic: bool = typer.Option(True, "--dynamic/--static", help="any input size and batch (ONNX)"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dynamic: bool = typer.Option(True, "--dynamic/--static", help="any input size and batch (ONNX); static: one size, square"),
     out: Optional[str] = typer.Option(None, "--out", help="output file [beside the checkpoint, or runs/export/NAME]"),
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine export argument KEY=VALUE"),
 ):
@@ -214,7 +215,9 @@ def export(
     metadata, so `sodet predict/val --model FILE` run it as the checkpoint."""
     from sodet.api import export as run_export
 
-    path = run_export(model=model, format=format, weights=weights, imgsz=imgsz, dynamic=dynamic, out=out, **parse_overrides(override))
+    path = run_export(
+        model=model, format=format, weights=weights, imgsz=imgsz, device=device, dynamic=dynamic, out=out, **parse_overrides(override)
+    )
     console.print(f"exported to [bold]{path}[/bold]")
 
 

@@ -98,3 +98,17 @@ def test_torchscript_export_and_unavailable_formats(tmp_path):
             export(model="yolox-nano", format="engine", imgsz=160, device="cpu", out=str(tmp_path / "trt.pt"))
     with pytest.raises(SodetError, match="already an exported model"):
         export(model=str(ts), format="onnx")
+
+
+def test_cli_export_then_val_the_onnx(tmp_path):
+    """`sodet export --format onnx` then `sodet val --model X.onnx --slice 256`: the exported file, sliced."""
+    from test_predict import sodet_cli
+
+    ckpt = fake_checkpoint(tmp_path / "nano.pt", "yolox-nano", "top-left", 128)
+    r = sodet_cli("export", "--model", str(ckpt), "--format", "onnx", "--imgsz", "128", "--device", "cpu", cwd=tmp_path)
+    assert r.returncode == 0 and (tmp_path / "nano.onnx").is_file(), r.stderr
+    r = sodet_cli("val", "--model", str(tmp_path / "nano.onnx"), "--data", str(MINI), "--imgsz", "128", "--device", "cpu",
+                  "--slice", "256", "-o", "max_det=20", "-o", "fraction=4", "--out", str(tmp_path / "v"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    saved = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert saved["options"]["slice"]["height"] == 256 and saved["options"]["sodet"]["letterbox"] == "top-left"

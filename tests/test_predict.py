@@ -153,3 +153,41 @@ def test_cli_predict_one_line_errors_and_run(tmp_path):
     ]:
         r = sodet_cli("predict", "--source", str(img), "--device", "cpu", *args, cwd=tmp_path)
         assert r.returncode == 1 and msg in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_detector_class_mirrors_the_cli(tmp_path):
+    """`Detector(...).predict` returns per image xyxy boxes, scores, class ids and names equal to `predict`'s
+    Results (sliced too); `.val` gives `sodet val`'s metrics; nothing is written unless asked."""
+    from sodet import Detector
+    from sodet.api import predict, val
+
+    img = str(sorted(VAL_IMAGES.iterdir())[0])
+    det = Detector("yolox-nano", device="cpu")
+    cwd = os.getcwd()
+    os.chdir(tmp_path)
+    try:
+        out = det.predict(img, imgsz=256, conf=0.2)
+        sliced = det(img, imgsz=256, conf=0.2, slice=160, slice_overlap=0.25)
+        assert not (tmp_path / "runs").exists()
+    finally:
+        os.chdir(cwd)
+    _, ref = predict(model="yolox-nano", source=img, imgsz=256, conf=0.2, device="cpu", save=False,
+                     project=str(tmp_path), name="ref", progress=False)
+    d = out[0]
+    assert len(out) == 1 and len(d) == len(ref[0].boxes) > 0
+    np.testing.assert_array_equal(d.boxes, ref[0].boxes.xyxy.numpy())
+    np.testing.assert_array_equal(d.scores, ref[0].boxes.conf.numpy())
+    assert d.class_ids.tolist() == ref[0].boxes.cls.int().tolist() and d.names == [ref[0].names[i] for i in d.class_ids]
+    assert len(sliced) == 1 and sliced[0].boxes.shape[1] == 4
+    m = Detector("yolox-nano", device="cpu").val(data=str(MINI), imgsz=160, out=str(tmp_path / "dv"))
+    _, m_ref = val(model="yolox-nano", data=str(MINI), imgsz=160, out=str(tmp_path / "v"), device="cpu")
+    assert m["AP"] == m_ref["AP"] and m["APs"] == m_ref["APs"]
+
+
+def test_import_is_light_and_version():
+    """`import sodet` loads neither torch nor the engine; `sodet --version` prints the version."""
+    code = "import sys, sodet; print(sodet.__version__, 'torch' in sys.modules, 'ultralytics' in sys.modules, 'sahi' in sys.modules)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert r.stdout.split() == [sodet.__version__, "False", "False", "False"]
+    r = sodet_cli("--version", cwd=REPO)
+    assert r.returncode == 0 and r.stdout.strip() == f"sodet {sodet.__version__}"
