@@ -108,7 +108,7 @@ def test_cli_export_then_val_the_onnx(tmp_path):
     r = sodet_cli("export", "--model", str(ckpt), "--format", "onnx", "--imgsz", "128", "--device", "cpu", cwd=tmp_path)
     assert r.returncode == 0 and (tmp_path / "nano.onnx").is_file(), r.stderr
     r = sodet_cli("val", "--model", str(tmp_path / "nano.onnx"), "--data", str(MINI), "--imgsz", "128", "--device", "cpu",
-                  "--slice", "256", "-o", "max_det=20", "-o", "fraction=4", "--out", str(tmp_path / "v"), cwd=tmp_path)
+                  "--slice", "256", "-o", "max_det=20", "-o", "fraction=[1.0,4]", "--out", str(tmp_path / "v"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     saved = json.loads((tmp_path / "v" / "metrics.json").read_text())
     assert saved["options"]["slice"]["height"] == 256 and saved["options"]["sodet"]["letterbox"] == "top-left"

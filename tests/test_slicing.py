@@ -117,7 +117,7 @@ def test_val_slice_off_is_plain_and_on_writes_the_same_files(tmp_path):
     from sodet.api import val
     from sodet.eval.cocoeval import METRIC_KEYS
 
-    common = dict(model="yolox-nano", data=str(HIT), classes=["person", "car", "bicycle"], imgsz=256, device="cpu", fraction=6, batch=2, plots=False)
+    common = dict(model="yolox-nano", data=str(HIT), classes=["person", "car", "bicycle"], imgsz=256, device="cpu", fraction=[1.0, 6], batch=2, plots=False)
     plain, m0 = val(out=str(tmp_path / "plain"), **common)
     off, m1 = val(out=str(tmp_path / "off"), slice=None, **common)
     assert (plain / "predictions.json").read_bytes() == (off / "predictions.json").read_bytes() and m0 == m1
