@@ -56,6 +56,14 @@ def split_classes(classes: str | None) -> list[str] | None:
     return [c.strip() for c in classes.split(",") if c.strip()] if classes else None
 
 
+# sliced inference (SAHI) options, shared by predict and val
+SLICE_OPTION = typer.Option(None, "--slice", help="sliced inference: tiles of N or H,W pixels (>= 32) plus the full image")
+SLICE_OVERLAP_OPTION = typer.Option(0.2, "--slice-overlap", help="tile overlap, fraction of the tile in [0, 0.9]")
+SLICE_MERGE_OPTION = typer.Option("greedynmm", "--slice-merge", help="SAHI's merging of tiles: greedynmm | nms")
+SLICE_MATCH_OPTION = typer.Option("IOS", "--slice-match", help="overlap measure of the merging: IOS | IOU")
+SLICE_THRESHOLD_OPTION = typer.Option(0.5, "--slice-threshold", help="overlap above which the merging joins boxes")
+
+
 @app.command()
 def train(
     model: str = typer.Option("yolox-nano", "--model", "-m", help="registry name (sodet zoo) or a sodet .pt checkpoint"),
@@ -154,6 +162,11 @@ def val(
         True, "--size-buckets/--no-size-buckets", help="print AP/AR per object size and class (metrics.json has them always)"
     ),
     out: Optional[str] = typer.Option(None, "--out", help="output folder [runs/val/exp*]"),
+    slice: Optional[str] = SLICE_OPTION,
+    slice_overlap: float = SLICE_OVERLAP_OPTION,
+    slice_merge: str = SLICE_MERGE_OPTION,
+    slice_match: str = SLICE_MATCH_OPTION,
+    slice_threshold: float = SLICE_THRESHOLD_OPTION,
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
     """Validate: COCO AP/AR overall, per size bucket and per class (identical to pycocotools)."""
@@ -165,7 +178,8 @@ def val(
 
     save_dir, metrics = run_val(
         model=model, data=data, weights=weights, classes=split_classes(classes), split=split, out=out,
-        imgsz=imgsz, batch=batch, device=device, size_buckets=size_buckets, **overrides,
+        imgsz=imgsz, batch=batch, device=device, size_buckets=size_buckets, slice=slice, slice_overlap=slice_overlap,
+        slice_merge=slice_merge, slice_match=slice_match, slice_threshold=slice_threshold, **overrides,
     )
     console.print(f"metrics written to [bold]{save_dir / 'metrics.json'}[/bold]")
 
@@ -183,6 +197,82 @@ def zoo(imgsz: Optional[int] = typer.Option(None, "--imgsz", help="size for GFLO
     for row in zoo_rows(imgsz):
         table.add_row(row["model"], row["family"], f"{row['params'] / 1e6:.2f}", f"{row['gflops']:.2f}", str(row["imgsz"]), row["weights"])
     console.print(table)
+
+
+# inference: predict, export, version ---------------------------------------------------------------------------
+@app.command()
+def predict(
+    model: str = typer.Option("yolox-nano", "--model", "-m", help="sodet .pt checkpoint, exported model (.onnx ...) or registry name"),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="image, folder, glob, video or webcam index"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="weights for a registry name (YOLOX .pth / Ultralytics .pt)"),
+    conf: float = typer.Option(0.25, "--conf", help="score threshold"),
+    iou: Optional[float] = typer.Option(None, "--iou", help="NMS IoU threshold [the family's evaluation value]"),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="input size [the model's]"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="class names (or indices) to keep, e.g. person,car"),
+    max_det: int = typer.Option(300, "--max-det"),
+    batch: int = typer.Option(1, "--batch", help="images per forward pass"),
+    save_txt: bool = typer.Option(False, "--save-txt", help="YOLO txt labels in labels/"),
+    save: bool = typer.Option(True, "--save/--no-save", help="annotated images / videos"),
+    project: Optional[str] = typer.Option(None, "--project", help="output root [runs/predict]"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name [exp, exp2, ...]"),
+    slice: Optional[str] = SLICE_OPTION,
+    slice_overlap: float = SLICE_OVERLAP_OPTION,
+    slice_merge: str = SLICE_MERGE_OPTION,
+    slice_match: str = SLICE_MATCH_OPTION,
+    slice_threshold: float = SLICE_THRESHOLD_OPTION,
+    override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
+):
+    """Detect objects in images, folders, globs, videos or a webcam: annotated copies, predictions.json (COCO
+    results of the whole run) and optional YOLO txt labels in runs/predict/NAME."""
+    from sodet.api import predict as run_predict
+    from sodet.api import refuse_sodet_own
+
+    overrides = parse_overrides(override)
+    refuse_sodet_own(overrides)
+    save_dir, results = run_predict(
+        model=model, source=source, weights=weights, classes=split_classes(classes), slice=slice,
+        slice_overlap=slice_overlap, slice_merge=slice_merge, slice_match=slice_match, slice_threshold=slice_threshold,
+        stream=True, conf=conf, iou=iou, imgsz=imgsz, device=device, max_det=max_det, batch=batch, save_txt=save_txt,
+        save=save, project=project, name=name, **overrides,
+    )
+    for _ in results:  # a generator: results are not kept in memory on long videos
+        pass
+    console.print(f"predictions written to [bold]{save_dir}[/bold]")
+
+
+@app.command()
+def export(
+    model: str = typer.Option("yolox-nano", "--model", "-m", help="sodet .pt checkpoint or registry name"),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript, openvino (if installed) ..."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="weights for a registry name"),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="input size [the model's]"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dynamic: bool = typer.Option(True, "--dynamic/--static", help="any input size and batch (ONNX); static: one size, square"),
+    out: Optional[str] = typer.Option(None, "--out", help="output file [beside the checkpoint, or runs/export/NAME]"),
+    override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine export argument KEY=VALUE"),
+):
+    """Export a detector through the engine's exporter; class names, imgsz and sodet's letterbox travel in its
+    metadata, so `sodet predict/val --model FILE` run it as the checkpoint."""
+    from sodet.api import export as run_export
+
+    path = run_export(
+        model=model, format=format, weights=weights, imgsz=imgsz, device=device, dynamic=dynamic, out=out, **parse_overrides(override)
+    )
+    console.print(f"exported to [bold]{path}[/bold]")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        console.print(f"sodet {sodet.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def app_options(
+    version: Optional[bool] = typer.Option(None, "--version", callback=show_version, is_eager=True, help="show the version and exit"),
+):
+    pass
 
 
 def main() -> None:

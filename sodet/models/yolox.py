@@ -144,8 +144,9 @@ class YoloxDetector(FrozenBatchNormTraining, nn.Module):
         for k, v in kwargs.items():
             setattr(self, k, v)
 
-    def fuse(self, verbose: bool = False):
-        """Fold BatchNorm into convolutions for inference (same outputs, faster)."""
+    def fuse(self, verbose: bool = False, **kwargs):
+        """Fold BatchNorm into convolutions for inference (same outputs, faster). ``kwargs``: what the engine passes
+        its own models (the exporter gives ``imgsz``), not needed here."""
         from yolox.utils import fuse_model
 
         fuse_model(self)
