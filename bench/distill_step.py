@@ -64,14 +64,17 @@ def build(student: str, teacher: str, imgsz: int, device):
     return model
 
 
+CLOCK = time.perf_counter  # --cpu-time: process CPU time (one thread), robust to other jobs on a shared machine
+
+
 def timed(fn, device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    t = time.perf_counter()
+    t = CLOCK()
     fn()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return time.perf_counter() - t
+    return CLOCK() - t
 
 
 def steps(model, batch, device, amp: bool):
@@ -113,8 +116,6 @@ def peak_memory(args) -> dict:
 
 
 def memory_child(args) -> None:
-    import resource
-
     device = torch.device(args.device)
     batch = make_batch(args.batch, args.imgsz, device)
     if args.memory_child == "plain":  # no teacher in the process at all
@@ -126,13 +127,24 @@ def memory_child(args) -> None:
         fns = steps(build(args.student, args.teacher, args.imgsz, device), batch, device, amp=True)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    else:  # Linux: reset the process's peak resident set (VmHWM) so imports and model building do not count
+        before = vm("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
     for _ in range(3):
         fns[args.memory_child]()
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = vm("VmHWM")
+        print(json.dumps({"peak_MiB": round(peak, 1), "growth_MiB": round(peak - before, 1)}))
+        return
     print(json.dumps({"peak_MiB": round(peak, 1)}))
+
+
+def vm(key: str) -> float:
+    """A /proc/self/status memory figure in MiB."""
+    status = Path("/proc/self/status").read_text().splitlines()
+    return next(int(line.split()[1]) for line in status if line.startswith(key)) / 1024
 
 
 def main() -> None:
@@ -143,11 +155,16 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=416)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--cpu-time", action="store_true", help="time with process CPU time on one thread (shared CPU)")
     ap.add_argument("--memory-child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     if args.memory_child:
         return memory_child(args)
+    global CLOCK
+    if args.cpu_time:
+        torch.set_num_threads(1)
+        CLOCK = time.process_time
     device = torch.device(args.device)
     model = build(args.student, args.teacher, args.imgsz, device)
     batch = make_batch(args.batch, args.imgsz, device)
@@ -163,23 +180,26 @@ def main() -> None:
     ratio = med["distill"] / (med["plain"] + med["teacher"])
     mem = peak_memory(args)
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_model()}, {torch.get_num_threads()} threads"
+    if args.cpu_time:
+        where += " (process CPU time, not wall time)"
     lines = [
         f"## Distillation step vs student step + teacher forward (issue 9.9, target <= 1.05)",
         "",
-        f"`python bench/distill_step.py --student {args.student} --teacher {args.teacher} --batch {args.batch} --imgsz {args.imgsz} --device {args.device}`",
+        f"`python bench/distill_step.py --student {args.student} --teacher {args.teacher} --batch {args.batch} --imgsz {args.imgsz} --device {args.device}{' --cpu-time' if args.cpu_time else ''}`",
         f"on {where}, torch {torch.__version__}, Python {platform.python_version()}, {datetime.date.today().isoformat()};"
         f" student {args.student}, teacher {args.teacher} (CWD on the neck, connectors 1x1 conv + BN), median of {args.reps} interleaved repetitions.",
         "",
-        "| piece | median s | ",
+        "| piece | median s |",
         "|---|---|",
         f"| student step (forward + loss + backward + SGD) | {med['plain']:.4f} |",
         f"| teacher forward (no_grad) | {med['teacher']:.4f} |",
         f"| distillation step | {med['distill']:.4f} |",
         f"| **ratio distill / (student + teacher)** | **{ratio:.3f}** |",
         "",
-        f"Peak memory ({'CUDA max allocated' if device.type == 'cuda' else 'process peak RSS, fresh process each'}): "
+        f"Peak memory during 3 steps ({'CUDA max allocated' if device.type == 'cuda' else 'peak resident set, reset after model building, fresh process each'}): "
         f"plain {mem['plain']['peak_MiB']} MiB, distillation {mem['distill']['peak_MiB']} MiB "
-        f"({mem['distill']['peak_MiB'] / mem['plain']['peak_MiB']:.2f}x).",
+        f"({mem['distill']['peak_MiB'] / mem['plain']['peak_MiB']:.2f}x)"
+        + (f"; growth over the built models: plain {mem['plain']['growth_MiB']} MiB, distillation {mem['distill']['growth_MiB']} MiB." if "growth_MiB" in mem["plain"] else "."),
         "",
     ]
     text = "\n".join(lines)
