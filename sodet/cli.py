@@ -7,8 +7,10 @@ switch its small-object methods on. Bad input ends in one line on stderr and exi
 
 from __future__ import annotations
 
+import inspect
 import os
 import sys
+import typing
 from pathlib import Path
 from typing import Optional
 
@@ -20,6 +22,7 @@ from sodet.data.cli import data_app
 from sodet.errors import SodetError
 from sodet.options import MEDIUM_AREA, SMALL_AREA
 from sodet.eval.compare import compare_command
+from sodet.eval.study import study_command
 
 app = typer.Typer(
     help="sodet: make lightweight detectors better at small objects (copy-paste oversampling, small-object "
@@ -29,6 +32,7 @@ app = typer.Typer(
 )
 app.add_typer(data_app, name="data")
 app.command("compare")(compare_command)
+app.command("study")(study_command)
 console = Console()
 
 
@@ -50,6 +54,14 @@ def parse_overrides(items: list[str] | None) -> dict:
 
 def split_classes(classes: str | None) -> list[str] | None:
     return [c.strip() for c in classes.split(",") if c.strip()] if classes else None
+
+
+# sliced inference (SAHI) options, shared by predict and val
+SLICE_OPTION = typer.Option(None, "--slice", help="sliced inference: tiles of N or H,W pixels (>= 32) plus the full image")
+SLICE_OVERLAP_OPTION = typer.Option(0.2, "--slice-overlap", help="tile overlap, fraction of the tile in [0, 0.9]")
+SLICE_MERGE_OPTION = typer.Option("greedynmm", "--slice-merge", help="SAHI's merging of tiles: greedynmm | nms")
+SLICE_MATCH_OPTION = typer.Option("IOS", "--slice-match", help="overlap measure of the merging: IOS | IOU")
+SLICE_THRESHOLD_OPTION = typer.Option(0.5, "--slice-threshold", help="overlap above which the merging joins boxes")
 
 
 @app.command()
@@ -81,22 +93,59 @@ def train(
     ),
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
-    """Train or fine-tune a detector (default: yolox-nano from COCO weights on the embedded person+car data)."""
+    """Train or fine-tune a detector (default: yolox-nano from COCO weights on the embedded HIT-UAV subset)."""
+    run_train_command(**locals())
+
+
+def run_train_command(distill: dict | None = None, **options) -> None:
+    """``train`` and ``distill``: engine options gathered, sodet's options passed on, the run folder printed."""
     from sodet.api import check_engine_keys
+    from sodet.api import distill as run_distill
     from sodet.api import train as run_train
 
-    overrides = parse_overrides(override)
+    overrides = parse_overrides(options.pop("override"))
     check_engine_keys(overrides)
-    engine = dict(
-        epochs=epochs if epochs is not None else (10 if data is None else 100), imgsz=imgsz, batch=batch, device=device, workers=workers,
-        seed=seed, project=project, name=name, patience=patience, exist_ok=exist_ok, **overrides,
-    )
-    save_dir = run_train(
-        model=model, data=data, weights=weights, classes=split_classes(classes), resume=resume,
-        small_area=small_area, weighted_loss=weighted_loss, weight_form=weight_form, copy_paste=copy_paste,
-        oversample=oversample, paste_copies=paste_copies, paste_jitter=paste_jitter, freeze_bn=freeze_bn, **engine,
-    )
+    epochs, data = options.pop("epochs"), options["data"]
+    engine = {k: options.pop(k) for k in ENGINE_OPTIONS}
+    engine.update(epochs=epochs if epochs is not None else (10 if data is None else 100), **overrides)
+    options["classes"] = split_classes(options["classes"])
+    if distill is not None:
+        save_dir = run_distill(**distill, **options, **engine)
+    else:
+        save_dir = run_train(**options, **engine)
     console.print(f"run saved to [bold]{save_dir}[/bold]")
+
+
+ENGINE_OPTIONS = ("imgsz", "batch", "device", "workers", "seed", "project", "name", "patience", "exist_ok")
+
+
+def distill(
+    teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="registry name, a sodet run's best.pt, or an Ultralytics .pt [required unless --resume]"),
+    teacher_weights: Optional[str] = typer.Option(None, "--teacher-weights", help="weights for a registry-name teacher [its shipped ones]"),
+    distill_on: str = typer.Option("neck", "--distill-on", help="neck: neck/FPN outputs; head: class logits"),
+    tau: Optional[float] = typer.Option(None, "--tau", help="CWD temperature [family default, 1]"),
+    cwd_weight: Optional[float] = typer.Option(None, "--cwd-weight", help="CWD weight per level [YOLOX/YOLO 1, GFL 10 (neck) / 5 (head)]"),
+    stop_distill: Optional[float] = typer.Option(None, "--stop-distill", help="fraction of the epochs with distillation on [YOLOX/YOLO 0.9333, GFL 1]"),
+    cwd_max_ratio: float = typer.Option(100.0, "--cwd-max-ratio", help="stop the run if CWD / detection loss stays above this (0: off)"),
+    **options,
+):
+    """Train a student with channel-wise distillation (CWD) from a frozen teacher; every train option applies."""
+    keys = ("teacher", "teacher_weights", "distill_on", "tau", "cwd_weight", "stop_distill", "cwd_max_ratio")
+    given = locals()
+    run_train_command(distill={k: given[k] for k in keys}, **given["options"])
+
+
+# distill's options: its own, then every option of train (typer reads the signature; annotations resolved here
+# because the module's annotations are strings)
+distill.__signature__ = inspect.Signature(
+    [
+        p.replace(annotation=typing.get_type_hints(f)[p.name])
+        for f in (distill, train)
+        for p in inspect.signature(f).parameters.values()
+        if p.kind is not p.VAR_KEYWORD
+    ]
+)
+app.command("distill")(distill)
 
 
 @app.command()
@@ -113,6 +162,11 @@ def val(
         True, "--size-buckets/--no-size-buckets", help="print AP/AR per object size and class (metrics.json has them always)"
     ),
     out: Optional[str] = typer.Option(None, "--out", help="output folder [runs/val/exp*]"),
+    slice: Optional[str] = SLICE_OPTION,
+    slice_overlap: float = SLICE_OVERLAP_OPTION,
+    slice_merge: str = SLICE_MERGE_OPTION,
+    slice_match: str = SLICE_MATCH_OPTION,
+    slice_threshold: float = SLICE_THRESHOLD_OPTION,
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
     """Validate: COCO AP/AR overall, per size bucket and per class (identical to pycocotools)."""
@@ -124,7 +178,8 @@ def val(
 
     save_dir, metrics = run_val(
         model=model, data=data, weights=weights, classes=split_classes(classes), split=split, out=out,
-        imgsz=imgsz, batch=batch, device=device, size_buckets=size_buckets, **overrides,
+        imgsz=imgsz, batch=batch, device=device, size_buckets=size_buckets, slice=slice, slice_overlap=slice_overlap,
+        slice_merge=slice_merge, slice_match=slice_match, slice_threshold=slice_threshold, **overrides,
     )
     console.print(f"metrics written to [bold]{save_dir / 'metrics.json'}[/bold]")
 
@@ -142,6 +197,82 @@ def zoo(imgsz: Optional[int] = typer.Option(None, "--imgsz", help="size for GFLO
     for row in zoo_rows(imgsz):
         table.add_row(row["model"], row["family"], f"{row['params'] / 1e6:.2f}", f"{row['gflops']:.2f}", str(row["imgsz"]), row["weights"])
     console.print(table)
+
+
+# inference: predict, export, version ---------------------------------------------------------------------------
+@app.command()
+def predict(
+    model: str = typer.Option("yolox-nano", "--model", "-m", help="sodet .pt checkpoint, exported model (.onnx ...) or registry name"),
+    source: Optional[str] = typer.Option(None, "--source", "-s", help="image, folder, glob, video or webcam index"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="weights for a registry name (YOLOX .pth / Ultralytics .pt)"),
+    conf: float = typer.Option(0.25, "--conf", help="score threshold"),
+    iou: Optional[float] = typer.Option(None, "--iou", help="NMS IoU threshold [the family's evaluation value]"),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="input size [the model's]"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    classes: Optional[str] = typer.Option(None, "--classes", help="class names (or indices) to keep, e.g. person,car"),
+    max_det: int = typer.Option(300, "--max-det"),
+    batch: int = typer.Option(1, "--batch", help="images per forward pass"),
+    save_txt: bool = typer.Option(False, "--save-txt", help="YOLO txt labels in labels/"),
+    save: bool = typer.Option(True, "--save/--no-save", help="annotated images / videos"),
+    project: Optional[str] = typer.Option(None, "--project", help="output root [runs/predict]"),
+    name: Optional[str] = typer.Option(None, "--name", help="run name [exp, exp2, ...]"),
+    slice: Optional[str] = SLICE_OPTION,
+    slice_overlap: float = SLICE_OVERLAP_OPTION,
+    slice_merge: str = SLICE_MERGE_OPTION,
+    slice_match: str = SLICE_MATCH_OPTION,
+    slice_threshold: float = SLICE_THRESHOLD_OPTION,
+    override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
+):
+    """Detect objects in images, folders, globs, videos or a webcam: annotated copies, predictions.json (COCO
+    results of the whole run) and optional YOLO txt labels in runs/predict/NAME."""
+    from sodet.api import predict as run_predict
+    from sodet.api import refuse_sodet_own
+
+    overrides = parse_overrides(override)
+    refuse_sodet_own(overrides)
+    save_dir, results = run_predict(
+        model=model, source=source, weights=weights, classes=split_classes(classes), slice=slice,
+        slice_overlap=slice_overlap, slice_merge=slice_merge, slice_match=slice_match, slice_threshold=slice_threshold,
+        stream=True, conf=conf, iou=iou, imgsz=imgsz, device=device, max_det=max_det, batch=batch, save_txt=save_txt,
+        save=save, project=project, name=name, **overrides,
+    )
+    for _ in results:  # a generator: results are not kept in memory on long videos
+        pass
+    console.print(f"predictions written to [bold]{save_dir}[/bold]")
+
+
+@app.command()
+def export(
+    model: str = typer.Option("yolox-nano", "--model", "-m", help="sodet .pt checkpoint or registry name"),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript, openvino (if installed) ..."),
+    weights: Optional[str] = typer.Option(None, "--weights", help="weights for a registry name"),
+    imgsz: Optional[int] = typer.Option(None, "--imgsz", help="input size [the model's]"),
+    device: Optional[str] = typer.Option(None, "--device"),
+    dynamic: bool = typer.Option(True, "--dynamic/--static", help="any input size and batch (ONNX); static: one size, square"),
+    out: Optional[str] = typer.Option(None, "--out", help="output file [beside the checkpoint, or runs/export/NAME]"),
+    override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine export argument KEY=VALUE"),
+):
+    """Export a detector through the engine's exporter; class names, imgsz and sodet's letterbox travel in its
+    metadata, so `sodet predict/val --model FILE` run it as the checkpoint."""
+    from sodet.api import export as run_export
+
+    path = run_export(
+        model=model, format=format, weights=weights, imgsz=imgsz, device=device, dynamic=dynamic, out=out, **parse_overrides(override)
+    )
+    console.print(f"exported to [bold]{path}[/bold]")
+
+
+def show_version(value: bool) -> None:
+    if value:
+        console.print(f"sodet {sodet.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def app_options(
+    version: Optional[bool] = typer.Option(None, "--version", callback=show_version, is_eager=True, help="show the version and exit"),
+):
+    pass
 
 
 def main() -> None:

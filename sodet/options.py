@@ -15,6 +15,19 @@ MEDIUM_AREA = 96 * 96  # COCO's "medium": below 96x96 pixels (and not small); "l
 
 
 @dataclass
+class DistillOptions:
+    """Channel-wise distillation from a frozen teacher (``sodet distill``); stored in ``RunOptions.distill``."""
+
+    teacher: str = ""  # registry name, or a sodet / Ultralytics checkpoint (absolute path)
+    teacher_weights: str | None = None  # weights file for a registry-name teacher (its shipped weights otherwise)
+    on: str = "neck"  # "neck": the neck / FPN outputs; "head": the class logits of every level
+    tau: float = 1.0  # softmax temperature of CWD
+    weight: float = 1.0  # CWD loss weight per level
+    stop: float = 1.0  # fraction of the epochs with distillation on (mmyolo's RTMDet: 280/300)
+    max_ratio: float = 100.0  # stop the run when CWD / detection loss stays above this (0: never)
+
+
+@dataclass
 class RunOptions:
     """What sodet adds to an engine run; stored on the model as ``model.sodet``."""
 
@@ -33,6 +46,7 @@ class RunOptions:
     classes: list[str] | None = None  # class names selected from the data
     data: str | None = None  # the data the user named (COCO folder or YAML)
     gt_json: dict[str, str] = field(default_factory=dict)  # split -> COCO ground-truth json (original coordinates)
+    distill: DistillOptions | None = None  # set by ``sodet distill``
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -40,6 +54,8 @@ class RunOptions:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunOptions":
         known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        if isinstance(known.get("distill"), dict):
+            known["distill"] = DistillOptions(**known["distill"])
         return cls(**known)
 
 

@@ -40,8 +40,11 @@ def attach_options(model, options: RunOptions) -> None:
         install_gfl(model.gfl_loss, options.weighted_loss, options.small_area, options.weight_form)
 
 
-def build_dataset(cfg, img_path: str, batch: int, data: dict, mode: str, stride: int, options: RunOptions):
-    """SodetDataset with the engine's own arguments (as ``build_yolo_dataset`` passes them)."""
+def build_dataset(
+    cfg, img_path: str, batch: int, data: dict, mode: str, stride: int, options: RunOptions, rect: bool | None = None
+):
+    """SodetDataset with the engine's own arguments (as ``build_yolo_dataset`` passes them); ``rect`` False for
+    exported models of one input size."""
     from ultralytics.data.utils import get_split_fraction
 
     own_pipeline = options.letterbox == "top-left"  # YOLOX's own evaluation: square, padded bottom/right
@@ -51,7 +54,7 @@ def build_dataset(cfg, img_path: str, batch: int, data: dict, mode: str, stride:
         batch_size=batch,
         augment=mode == "train",
         hyp=cfg,
-        rect=cfg.rect or (mode == "val" and not own_pipeline),
+        rect=(cfg.rect or (mode == "val" and not own_pipeline)) if rect is None else rect,
         cache=cfg.cache or None,
         single_cls=cfg.single_cls or False,
         stride=stride,

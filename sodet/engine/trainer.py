@@ -31,6 +31,9 @@ class SodetTrainer(DetectionTrainer):
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, options: RunOptions | None = None):
         self._options = options
         super().__init__(cfg, overrides, _callbacks)
+        from sodet.engine.distill import distill_schedule
+
+        self.add_callback("on_train_epoch_start", distill_schedule)
 
     @property
     def options(self) -> RunOptions:
@@ -41,13 +44,24 @@ class SodetTrainer(DetectionTrainer):
     # model -------------------------------------------------------------------------------------------------
     def get_model(self, cfg=None, weights=None, verbose=True):
         """Build the registered architecture. ``weights`` is a model from an engine checkpoint (resume, or a sodet
-        run given as ``--model best.pt``): its options are kept unless this run brought its own."""
+        run given as ``--model best.pt``): its options are kept unless this run brought its own. A distillation run
+        (``options.distill``) gets the student wrapped with its teacher (``sodet.engine.distill``); resuming one
+        restores the connectors from the checkpoint and rebuilds the teacher from its source."""
+        from sodet.engine.distill import CwdDistiller, build_distiller, describe
+
+        projector = None
+        if isinstance(weights, CwdDistiller):
+            projector, weights = weights.projector.state_dict(), weights.student_model
         saved = getattr(weights, "sodet", None) if weights is not None else None
         opts = self._options or saved or RunOptions()
         model = build_model(opts, self.data["nc"], self.data["names"], weights=weights)
         if verbose and RANK in {-1, 0}:
             n = sum(p.numel() for p in model.parameters())
             LOGGER.info(f"{colorstr('sodet:')} {opts.model}, {n / 1e6:.2f}M parameters, {self.data['nc']} classes")
+        if opts.distill is not None:
+            model = build_distiller(model, self.args.imgsz, projector if self.resume else None)
+            if verbose and RANK in {-1, 0}:
+                LOGGER.info(f"{colorstr('sodet:')} {describe(model)}")
         return model
 
     def train(self):
@@ -83,7 +97,8 @@ class SodetTrainer(DetectionTrainer):
 
         from sodet.models.batchnorm import batchnorm_folded, fp16_safe_batchnorm, freeze_batchnorm, unfold_batchnorm
 
-        model = unwrap_model(self.model)
+        wrapper = unwrap_model(self.model)
+        model = getattr(wrapper, "student_model", wrapper)  # a distillation run: the student, not its teacher
         opts = getattr(model, "sodet", None)
         notes = []
         if not self.resume:
@@ -111,7 +126,7 @@ class SodetTrainer(DetectionTrainer):
 
                 for t in model.state_dict().values():
                     dist.broadcast(t, src=0)
-            self.ema = ModelEMA(model)  # the EMA copy was taken before: it must hold the new parametrization
+            self.ema = ModelEMA(wrapper)  # the EMA copy was taken before: it must hold the new parametrization
         else:
             why = "as the resumed run"
         frozen = bool(opts is not None and opts.freeze_bn)
@@ -153,7 +168,13 @@ class SodetTrainer(DetectionTrainer):
         return metrics
 
     def final_eval(self):
-        """The engine's validation of best.pt, then the change from the starting weights."""
+        """The engine's validation of best.pt, then the change from the starting weights. A distillation run's
+        final checkpoints keep the student only (no teacher, no connectors): they load like a plain run's."""
+        if RANK in {-1, 0}:
+            from sodet.engine.distill import keep_student
+
+            for f in (self.last, self.best):
+                keep_student(f)
         super().final_eval()
         before, after = getattr(self, "start_metrics", None), self.validator.coco_metrics
         if before and after and RANK in {-1, 0}:

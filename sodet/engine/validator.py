@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import torch
 from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import LOGGER, ops
 
@@ -26,7 +27,8 @@ def find_options(model) -> RunOptions | None:
         opts = getattr(model, "sodet", None)
         if isinstance(opts, RunOptions):
             return opts
-        model = model.__dict__.get("model") or model.__dict__.get("module") or model.__dict__.get("_modules", {}).get("model")
+        modules = model.__dict__.get("_modules")  # a TorchScript module's is no dict
+        model = model.__dict__.get("model") or model.__dict__.get("module") or (modules.get("model") if isinstance(modules, dict) else None)
         seen += 1
     return None
 
@@ -36,17 +38,26 @@ class SodetValidator(DetectionValidator):
 
     def __init__(
         self, dataloader=None, save_dir=None, args=None, _callbacks=None, options: RunOptions | None = None,
-        size_buckets: bool = True,
+        size_buckets: bool = True, slicer=None,
     ):
         super().__init__(dataloader, save_dir, args, _callbacks)
         self.options = options
+        self.slicer = slicer  # sodet.engine.slicing.Slicer: every image also run as SAHI tiles, merged
+        self.backend = None  # the model, kept for the tiles
+        self.fixed_size = False  # an exported model of one input size: square letterbox, no rect batches
+        self.batch = None
         self.size_buckets = size_buckets  # print the per-size table (metrics.json always holds every number)
         self.coco_metrics: dict | None = None
 
     def build_dataset(self, img_path: str, mode: str = "val", batch: int | None = None):
-        return build_dataset(self.args, img_path, batch, self.data, "val", int(self.stride), self.options or RunOptions())
+        fixed = False if self.training else self.fixed_size  # set by api.val for exported models of one size
+        return build_dataset(
+            self.args, img_path, batch, self.data, "val", int(self.stride), self.options or RunOptions(),
+            rect=False if fixed else None,
+        )
 
     def init_metrics(self, model) -> None:
+        self.backend = model
         self.options = self.options or find_options(model)
         self.args.save_json = True  # sodet always scores with COCOeval
         super().init_metrics(model)
@@ -55,6 +66,37 @@ class SodetValidator(DetectionValidator):
         split = ds.split_labels
         self.class_map = split.category_ids if split else list(range(1, len(model.names) + 1))
         self.image_ids = {lb["im_file"]: m["image_id"] for lb, m in zip(ds.labels, ds.meta)}
+
+    # sliced inference --------------------------------------------------------------------------------------
+    def preprocess(self, batch: dict) -> dict:
+        self.batch = batch = super().preprocess(batch)
+        return batch
+
+    def postprocess(self, preds):
+        """The engine's NMS; with a slicer, each image's detections merged with those of its tiles (read from the
+        original file, prepared as the image is), put back into the batch's letterboxed pixels that
+        ``update_metrics`` maps to original pixels."""
+        outs = super().postprocess(preds)
+        if self.slicer is None or self.training:
+            return outs
+        import cv2
+
+        from sodet.engine.predictor import detect_images, eval_nms
+
+        a, img = self.args, self.batch["img"]
+        imgsz = a.imgsz if isinstance(a.imgsz, int) else max(a.imgsz)
+        center = (self.options or RunOptions()).letterbox == "center"
+        nms_fn = lambda p: eval_nms(p, a.conf, a.iou, a.max_det, None, a.single_cls or a.agnostic_nms, self.end2end)  # noqa: E731
+        detect = lambda crops: detect_images(self.backend, crops, imgsz, center, nms_fn, img.dtype == torch.float16)  # noqa: E731
+        for si, out in enumerate(outs):
+            im0 = cv2.imread(self.batch["im_file"][si])
+            (gain_h, gain_w), (pad_w, pad_h) = self.batch["ratio_pad"][si]
+            full = torch.cat([out["bboxes"], out["conf"][:, None], out["cls"][:, None]], 1)
+            full[:, :4] = ops.scale_boxes(img.shape[2:], full[:, :4], im0.shape[:2], ratio_pad=self.batch["ratio_pad"][si])
+            merged = self.slicer.merge(full, self.slicer.tile_detections(detect, im0), a.max_det, self.names)
+            boxes = merged[:, :4] * merged.new_tensor([gain_w, gain_h, gain_w, gain_h]) + merged.new_tensor([pad_w, pad_h, pad_w, pad_h])
+            outs[si] = {"bboxes": boxes, "conf": merged[:, 4], "cls": merged[:, 5], "extra": merged[:, 6:]}
+        return outs
 
     def pred_to_json(self, predn, pbatch) -> None:
         """Detections in original pixels, with the dataset's own image and category ids."""
@@ -134,5 +176,8 @@ class SodetValidator(DetectionValidator):
     def run_record(self) -> dict:
         """Options of the run: the engine's arguments that shape evaluation, and sodet's own."""
         engine = {k: getattr(self.args, k, None) for k in ("model", "data", "imgsz", "batch", "conf", "iou", "max_det", "split", "device")}
-        return {"engine": {k: str(v) if isinstance(v, Path) else v for k, v in engine.items()}, "sodet": (self.options or RunOptions()).to_dict()}
+        record = {"engine": {k: str(v) if isinstance(v, Path) else v for k, v in engine.items()}, "sodet": (self.options or RunOptions()).to_dict()}
+        if self.slicer is not None:
+            record["slice"] = self.slicer.to_dict()
+        return record
 

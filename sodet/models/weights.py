@@ -49,9 +49,10 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def checkpoint_model(ckpt):
-    """The model object of an engine checkpoint (its EMA while training, ``model`` once stripped), else what
-    the file holds under ``model`` (an official YOLOX state dict) or None."""
-    return ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    """The model object of an engine checkpoint (its EMA while training, ``model`` once stripped; the student of a
+    distillation run), else what the file holds under ``model`` (an official YOLOX state dict) or None."""
+    model = ckpt.get("ema") or ckpt.get("model") if isinstance(ckpt, dict) else None
+    return getattr(model, "student_model", model)  # a distillation run stopped before its end: the student
 
 
 def class_rows(src_names: list[str], dst_names: list[str]) -> list[int | None]:

@@ -11,6 +11,13 @@ from sodet.models.registry import register_family
 class SodetDetectionModel(FrozenBatchNormTraining, DetectionModel):
     """The engine's DetectionModel whose criterion gets sodet's box-loss weighting when a run asks for it."""
 
+    task = "detect"  # the engine sets it on models it loads itself; its exporter reads it
+
+    @staticmethod
+    def mean_loss_scale(batch_size: int) -> float:
+        """What ``loss`` multiplies a batch-mean loss by: the engine's criterion returns loss x batch size."""
+        return batch_size
+
     def init_criterion(self):
         criterion = super().init_criterion()
         opts = getattr(self, "sodet", None)

@@ -133,14 +133,20 @@ class YoloxDetector(FrozenBatchNormTraining, nn.Module):
         # of the returned loss over 64 images (nbs), so bs/64 of it reproduces that recipe at the engine's lr0 0.01
         return total * img.shape[0] / NOMINAL_BATCH, items
 
+    @staticmethod
+    def mean_loss_scale(batch_size: int) -> float:
+        """What ``loss`` multiplies a batch-mean loss by (a term added to the loss is scaled the same way)."""
+        return batch_size / NOMINAL_BATCH
+
     # engine hooks -------------------------------------------------------------------------------------------
     def set_head_attr(self, **kwargs):
         """The engine sets NMS-related head attributes; YOLOX's NMS happens in the validator, so only record them."""
         for k, v in kwargs.items():
             setattr(self, k, v)
 
-    def fuse(self, verbose: bool = False):
-        """Fold BatchNorm into convolutions for inference (same outputs, faster)."""
+    def fuse(self, verbose: bool = False, **kwargs):
+        """Fold BatchNorm into convolutions for inference (same outputs, faster). ``kwargs``: what the engine passes
+        its own models (the exporter gives ``imgsz``), not needed here."""
         from yolox.utils import fuse_model
 
         fuse_model(self)

@@ -1,0 +1,523 @@
+"""``sodet study``: the reference study's experiment matrix, each setting for N seeds, as ordinary CLI runs.
+
+The matrix and the profiles are data (``cfg/study.yaml``). Every cell is a ``sodet train`` or ``sodet distill``
+run in ``<project>/<name>/<setting>/seed<k>/``, started as a subprocess so that a crash stays in its cell; its
+command can be re-run alone. A cell whose metrics.json exists is finished and never run again, so a killed study
+resumes where it stopped; a cell without one is started afresh. ``study.json`` in the study folder records the
+options (a resumed study must use the same ones), each cell's command, state and wall time; the report
+(``sodet.eval.study_report``) is rendered from it and the cells' metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from sodet.errors import SodetError
+from sodet.eval.metrics_io import METRICS_FILE
+
+MANIFEST = "study.json"
+PROFILE_KEYS = ("data", "seeds", "epochs", "imgsz", "batch", "workers", "device", "overrides", "distill_args")
+DONE, FAILED, SKIPPED, SAME, PENDING = "done", "failed", "skipped", "same run", "pending"
+
+
+def study_config() -> dict:
+    """cfg/study.yaml: settings, profiles and the reference study's numbers."""
+    from sodet.models.registry import load_yaml
+
+    return load_yaml("study.yaml")
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the matrix: extra CLI arguments, which model trains, and the setting whose run is its teacher."""
+
+    name: str
+    label: str
+    args: tuple[str, ...]
+    model: str = "student"  # or "teacher"
+    teacher: str | None = None  # a distillation setting names its teacher setting
+
+    @property
+    def command(self) -> str:
+        return "distill" if self.teacher else "train"
+
+
+def settings_from(config: dict) -> dict[str, Setting]:
+    out = {}
+    for name, spec in config["settings"].items():
+        out[name] = Setting(
+            name=name, label=spec.get("label", name), args=tuple(str(a) for a in spec.get("args", [])),
+            model=spec.get("model", "student"), teacher=spec.get("teacher"),
+        )
+    return out
+
+
+@dataclass
+class StudyOptions:
+    """What decides the cells' commands: a study resumed with other options would mix incomparable runs."""
+
+    student: str
+    teacher: str
+    student_weights: str | None
+    teacher_weights: str | None
+    data: str
+    classes: str | None
+    profile: str
+    epochs: int
+    imgsz: int
+    batch: int
+    workers: int
+    device: str | None
+    overrides: dict[str, Any]
+    distill_args: list[str]
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def resolve_profile(name: str, config: dict, **given: Any) -> tuple[dict, list[str]]:
+    """The profile's values with the command line's on top (None = not given). ``overrides`` merge key by key;
+    ``distill_args`` append. Returns the values and a list saying what the command line changed."""
+    profiles = config["profiles"]
+    if name not in profiles:
+        raise SodetError(f"unknown study profile '{name}' (known: {', '.join(profiles)}; they live in cfg/study.yaml)")
+    values = {k: profiles[name].get(k) for k in PROFILE_KEYS}
+    values["overrides"] = dict(values["overrides"] or {})
+    values["distill_args"] = [str(a) for a in values["distill_args"] or []]
+    changed = []
+    for key, value in given.items():
+        if value is None or value == [] or value == {}:
+            continue
+        if key == "overrides":
+            values["overrides"].update(value)
+        elif key == "distill_args":
+            values["distill_args"].extend(value)
+        else:
+            values[key] = value
+        changed.append(key)
+    return values, changed
+
+
+def resolve_data(data: str | None, profile: str) -> str:
+    """An existing folder or YAML (made absolute: cells may run from elsewhere), or an embedded dataset's name."""
+    if not data:
+        raise SodetError(f"profile '{profile}' names no data: pass --data DIR (a COCO folder or a data YAML)")
+    path = Path(data)
+    if path.exists():
+        return str(path.resolve())
+    from sodet.assets import embedded_data
+
+    try:
+        return str(embedded_data(str(data)))
+    except SodetError:
+        raise SodetError(f"data not found: {data} (a COCO folder, a data YAML, or an embedded set: coco-pc-mini, hit-uav-mini)") from None
+
+
+@dataclass
+class Cell:
+    """One run of the matrix. ``same_as`` names an earlier cell with the identical command (e.g. a teacher that
+    is the student trained on the same data): that run stands for this one."""
+
+    setting: Setting
+    seed: int
+    dir: Path
+    command: list[str]
+    teacher_cell: Cell | None = None
+    same_as: Cell | None = None
+
+    @property
+    def key(self) -> str:
+        return f"{self.setting.name}/seed{self.seed}"
+
+    @property
+    def run_dir(self) -> Path:
+        """Where the run's files are: its own folder, or the identical earlier cell's."""
+        return self.same_as.run_dir if self.same_as else self.dir
+
+    @property
+    def weights(self) -> Path:
+        return self.run_dir / "weights" / "best.pt"
+
+    def finished(self) -> bool:
+        """A run is finished when its final evaluation wrote metrics.json (and a teacher has its weights)."""
+        return (self.run_dir / METRICS_FILE).is_file()
+
+    def shell(self) -> str:
+        """The command as a user types it (the study starts it as ``python -m sodet.cli ...``)."""
+        return shlex.join(["sodet", *self.command])
+
+
+def cell_command(
+    setting: Setting, seed: int, out_dir: Path, opts: StudyOptions, teacher_weights_path: Path | None
+) -> list[str]:
+    """The CLI arguments of one cell (after ``sodet``)."""
+    args: list[str] = [setting.command]
+    if setting.teacher:
+        args += ["--teacher", str(teacher_weights_path)]
+    model, weights = (opts.teacher, opts.teacher_weights) if setting.model == "teacher" else (opts.student, opts.student_weights)
+    args += ["--model", model]
+    if weights:
+        args += ["--weights", weights]
+    args += ["--data", opts.data]
+    if opts.classes:
+        args += ["--classes", opts.classes]
+    args += ["--epochs", str(opts.epochs), "--imgsz", str(opts.imgsz), "--batch", str(opts.batch), "--workers", str(opts.workers)]
+    if opts.device not in (None, ""):
+        args += ["--device", str(opts.device)]
+    args += ["--seed", str(seed), "--project", str(out_dir.parent), "--name", out_dir.name, "--exist-ok"]
+    args += list(setting.args)
+    if setting.teacher:
+        args += opts.distill_args
+    for key, value in opts.overrides.items():
+        args += ["-o", f"{key}={value}"]
+    return args
+
+
+def build_cells(study_dir: Path, settings: Sequence[Setting], seeds: Sequence[int], opts: StudyOptions,
+                all_settings: dict[str, Setting]) -> list[Cell]:
+    """Seed by seed (a killed study leaves complete seeds), each setting after the teacher it needs. Teacher
+    cells of settings not asked for are built (as dependencies) but only returned when asked for or needed."""
+    wanted = {s.name for s in settings}
+    needed = set(wanted) | {s.teacher for s in settings if s.teacher}
+    order = [s for s in all_settings.values() if s.name in needed]
+    cells: list[Cell] = []
+    for seed in seeds:
+        by_name: dict[str, Cell] = {}
+        for setting in order:
+            out_dir = study_dir / setting.name / f"seed{seed}"
+            teacher = by_name.get(setting.teacher) if setting.teacher else None
+            command = cell_command(setting, seed, out_dir, opts, teacher.weights if teacher else None)
+            cell = Cell(setting, seed, out_dir, command, teacher_cell=teacher)
+            same_key = _without_output(command)
+            cell.same_as = next((c.same_as or c for c in by_name.values() if _without_output(c.command) == same_key), None)
+            by_name[setting.name] = cell
+            cells.append(cell)
+    return cells
+
+
+def _without_output(command: list[str]) -> tuple[str, ...]:
+    out, skip = [], False
+    for i, a in enumerate(command):
+        if skip:
+            skip = False
+            continue
+        if a in {"--project", "--name"}:
+            skip = True
+            continue
+        out.append(a)
+    return tuple(out)
+
+
+# manifest ----------------------------------------------------------------------------------------------------
+def read_manifest(study_dir: Path) -> dict | None:
+    path = Path(study_dir) / MANIFEST
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise SodetError(f"cannot read {path}: {e}") from None
+
+
+def write_manifest(study_dir: Path, manifest: dict) -> None:
+    path = Path(study_dir) / MANIFEST
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, path)  # a kill never leaves half a manifest
+
+
+def check_same_options(manifest: dict, opts: StudyOptions, study_dir: Path) -> None:
+    old = manifest.get("options", {})
+    new = opts.to_dict()
+    diffs = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    if diffs:
+        raise SodetError(
+            f"{study_dir} was run with other options ({'; '.join(diffs)}): its runs would not be comparable; "
+            "pass --name for a new study or the same options to resume"
+        )
+
+
+def machine() -> str:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{platform.node()}: {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPU cores{gpu}"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+# running -----------------------------------------------------------------------------------------------------
+Runner = Callable[[list[str], Path], int]
+
+
+def run_cli(args: list[str], log: Path) -> int:
+    """Run ``python -m sodet.cli ARGS`` with its output in ``log``; returns the exit code."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as f:
+        return subprocess.call([sys.executable, "-m", "sodet.cli", *args], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def last_error(log: Path) -> str:
+    """The line of a cell's log that says why it failed: the CLI's 'error:' line, else the last line."""
+    try:
+        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "no log"
+    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln.split(":")[0]]
+    return (errors or lines or ["no output"])[-1][:300]
+
+
+@dataclass
+class Study:
+    """A study folder's cells and what happened to them."""
+
+    dir: Path
+    cells: list[Cell]
+    records: dict[str, dict] = field(default_factory=dict)
+
+    def status(self, cell: Cell) -> str:
+        return self.records.get(cell.key, {}).get("status", DONE if cell.finished() else PENDING)
+
+
+def run_study(
+    study_dir: Path, cells: list[Cell], manifest: dict, *, can_distill: bool = True, runner: Runner = run_cli,
+    echo: Callable[[str], None] = print,
+) -> Study:
+    """Run every unfinished cell in order; a failure is recorded and the rest go on; a distillation whose
+    teacher did not finish is skipped. The manifest is rewritten after each cell."""
+    study = Study(study_dir, cells, manifest.setdefault("cells", {}))
+    for i, cell in enumerate(cells, 1):
+        tag = f"[{i}/{len(cells)}] {cell.key}"
+        record = study.records.setdefault(cell.key, {})
+        record.update(setting=cell.setting.name, seed=cell.seed, command=cell.shell())
+        if cell.same_as is not None:
+            record.update(same_as=cell.same_as.key)
+            target = study.records.get(cell.same_as.key, {})
+            record["status"] = SAME if cell.same_as.finished() else target.get("status", FAILED)
+            if cell.same_as.finished():
+                _link(cell.dir, cell.same_as.run_dir)
+            echo(f"{tag}: same command as {cell.same_as.key}, its run stands for this one")
+        elif cell.finished():
+            record["status"] = DONE
+            echo(f"{tag}: finished before, not re-run")
+        elif cell.teacher_cell is not None and not cell.teacher_cell.finished():
+            record.update(status=SKIPPED, error=f"its teacher {cell.teacher_cell.key} did not finish")
+            echo(f"{tag}: skipped, teacher {cell.teacher_cell.key} did not finish")
+        elif cell.setting.command == "distill" and not can_distill:
+            record.update(status=SKIPPED, error="this sodet has no distill command")
+            echo(f"{tag}: skipped, this sodet has no distill command")
+        else:
+            if cell.dir.exists() or cell.dir.is_symlink():  # a killed run: start afresh (never half a result)
+                cell.dir.unlink() if cell.dir.is_symlink() else shutil.rmtree(cell.dir)
+            log = study_dir / "logs" / f"{cell.setting.name}-seed{cell.seed}.log"
+            echo(f"{tag}: {cell.shell()}")
+            start, started = time.perf_counter(), now()
+            code = runner(cell.command, log)
+            seconds = time.perf_counter() - start
+            ok = code == 0 and cell.finished()
+            record.update(status=DONE if ok else FAILED, returncode=code, seconds=round(seconds, 1), started=started,
+                          log=str(log.relative_to(study_dir)))
+            record.pop("error", None)
+            if not ok:
+                record["error"] = last_error(log) if code != 0 else f"exit 0 but no {METRICS_FILE} in {cell.dir}"
+            echo(f"{tag}: {record['status']} in {seconds:.0f} s" + (f" ({record['error']})" if not ok else ""))
+        manifest["updated"] = now()
+        write_manifest(study_dir, manifest)
+    return study
+
+
+def _link(link: Path, target: Path) -> None:
+    """The identical cell's folder, as a relative symlink (where the filesystem has them; the manifest says it)."""
+    if link.is_symlink() or link.exists():
+        return
+    link.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        link.symlink_to(os.path.relpath(target, link.parent), target_is_directory=True)
+    except OSError:
+        pass
+
+
+def distill_available() -> bool:
+    """Whether this sodet's CLI has ``distill`` (the study's CWD cells need it)."""
+    import sodet.cli
+
+    return any((c.name or c.callback.__name__) == "distill" for c in sodet.cli.app.registered_commands)
+
+
+def plan(
+    *, student: str, teacher: str | None, student_weights: str | None, teacher_weights: str | None, data: str | None,
+    classes: str | None, seeds: int | None, profile: str, only: str | None, project: str, name: str | None,
+    epochs: int | None = None, imgsz: int | None = None, batch: int | None = None, workers: int | None = None,
+    device: str | None = None, overrides: dict | None = None, distill_args: list[str] | None = None,
+) -> tuple[Path, StudyOptions, list[Setting], list[int], list[Cell], list[str]]:
+    """Resolve profile and options into the study folder, its settings, seeds and cells; notes for the user."""
+    config = study_config()
+    all_settings = settings_from(config)
+    check_models(student, teacher)
+    values, _ = resolve_profile(
+        profile, config, data=data, seeds=seeds, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
+        device=device, overrides=overrides, distill_args=distill_args,
+    )
+    notes = []
+    if only:
+        names = [s.strip() for s in only.split(",") if s.strip()]
+        unknown = [n for n in names if n not in all_settings]
+        if unknown:
+            raise SodetError(f"--only: unknown setting {', '.join(unknown)} (known: {', '.join(all_settings)})")
+        chosen = [all_settings[n] for n in all_settings if n in names]
+        extra = sorted({s.teacher for s in chosen if s.teacher} - set(names))
+        if extra:
+            notes.append(f"added {', '.join(extra)}: the distillation settings asked for need their teacher runs")
+            chosen = [all_settings[n] for n in all_settings if n in set(names) | set(extra)]
+    else:
+        chosen = list(all_settings.values())
+    n_seeds = int(values["seeds"] if values["seeds"] is not None else 1)
+    if n_seeds < 1:
+        raise SodetError(f"--seeds must be at least 1, got {n_seeds}")
+    for key in ("epochs", "imgsz", "batch"):
+        if values[key] is None or int(values[key]) < 1:
+            raise SodetError(f"--{key} must be a positive integer, got {values[key]!r}")
+    opts = StudyOptions(
+        student=student, teacher=teacher or student, student_weights=_path_or_name(student_weights),
+        teacher_weights=_path_or_name(teacher_weights), data=resolve_data(values["data"], profile), classes=classes,
+        profile=profile, epochs=int(values["epochs"]), imgsz=int(values["imgsz"]), batch=int(values["batch"]),
+        workers=int(values["workers"] or 0), device=None if values["device"] is None else str(values["device"]),
+        overrides=values["overrides"], distill_args=values["distill_args"],
+    )
+    study_name = name or default_name(opts)
+    study_dir = (Path(project) / study_name).resolve()
+    seed_list = list(range(n_seeds))
+    cells = build_cells(study_dir, chosen, seed_list, opts, all_settings)
+    return study_dir, opts, chosen, seed_list, cells, notes
+
+
+def check_models(*models: str | None) -> None:
+    """Registry names or existing .pt files: refused here, not once per cell."""
+    from sodet.models.registry import get_entry
+
+    for model in models:
+        if model is None:
+            continue
+        if str(model).endswith(".pt"):
+            if not Path(model).is_file():
+                raise SodetError(f"model checkpoint not found: {model}")
+        else:
+            get_entry(model)
+
+
+def check_overrides(overrides: dict) -> None:
+    """-o keys the engine knows and sodet's runs honour (each cell would fail on them otherwise)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    from sodet.api import check_engine_keys
+
+    check_engine_keys(overrides)
+    unknown = sorted(k for k in overrides if k not in DEFAULT_CFG_DICT)
+    if unknown:
+        raise SodetError(f"-o {unknown[0]}=...: not an engine argument")
+
+
+def _path_or_name(value: str | None) -> str | None:
+    """Weights given as a path are made absolute (the cells' commands must work from anywhere)."""
+    if value in (None, ""):
+        return None
+    return str(Path(value).resolve()) if Path(value).exists() else value
+
+
+def default_name(opts: StudyOptions) -> str:
+    """<student>-<data>-<profile>: the same command finds the same folder again, so it resumes."""
+    data = Path(opts.data)
+    data_name = data.stem if data.suffix.lower() in {".yaml", ".yml"} else data.name
+    return f"{Path(opts.student).stem}-{data_name}-{opts.profile}"
+
+
+def study_command(
+    student: Annotated[str, typer.Option("--student", help="student model: registry name (sodet zoo) or .pt")] = "yolox-nano",
+    teacher: Annotated[Optional[str], typer.Option("--teacher", help="teacher model (default: the student: self-distillation)")] = None,
+    student_weights: Annotated[Optional[str], typer.Option("--student-weights", help="student's initial weights (default: its shipped ones)")] = None,
+    teacher_weights: Annotated[Optional[str], typer.Option("--teacher-weights", help="teacher's initial weights (default: its shipped ones)")] = None,
+    data: Annotated[Optional[str], typer.Option("--data", help="COCO folder or data YAML (default: the profile's)")] = None,
+    classes: Annotated[Optional[str], typer.Option("--classes", help="class names, e.g. person,car")] = None,
+    seeds: Annotated[Optional[int], typer.Option("--seeds", help="seeds 0..N-1 per setting (default: the profile's)")] = None,
+    profile: Annotated[str, typer.Option("--profile", help="smoke | cpu | gpu (cfg/study.yaml)")] = "smoke",
+    only: Annotated[Optional[str], typer.Option("--only", help="settings to run, e.g. baseline,cp,cwd3")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cells' commands, run nothing")] = False,
+    report: Annotated[Optional[Path], typer.Option("--report", help="re-render the report of a study folder")] = None,
+    project: Annotated[str, typer.Option("--project", help="output root")] = "runs/study",
+    name: Annotated[Optional[str], typer.Option("--name", help="study name (default: <student>-<data>-<profile>, so the same command resumes)")] = None,
+    epochs: Annotated[Optional[int], typer.Option("--epochs", help="(default: the profile's)")] = None,
+    imgsz: Annotated[Optional[int], typer.Option("--imgsz", help="(default: the profile's)")] = None,
+    batch: Annotated[Optional[int], typer.Option("--batch", help="(default: the profile's)")] = None,
+    workers: Annotated[Optional[int], typer.Option("--workers", help="(default: the profile's)")] = None,
+    device: Annotated[Optional[str], typer.Option("--device", help="(default: the profile's)")] = None,
+    override: Annotated[Optional[list[str]], typer.Option("--override", "-o", help="engine argument KEY=VALUE for every cell")] = None,
+    distill_args: Annotated[Optional[str], typer.Option("--distill-args", help="extra options of the distill cells, e.g. '--tau 2'")] = None,
+) -> None:
+    """The reference study's matrix (baseline, copy-paste, weighted loss, teacher, CWD I/II/III, all) for N seeds,
+    with mean, 95% CI and a paired test per setting in runs/study/<name>/report.md."""
+    from rich.console import Console
+
+    from sodet.eval.study_report import render_report
+
+    console = Console(highlight=False, soft_wrap=True)  # commands stay one line: they are meant to be copied
+    if report is not None:
+        for path in render_report(report, console):
+            console.print(f"wrote {path}")
+        return
+
+    from sodet.cli import parse_overrides
+
+    study_dir, opts, chosen, seed_list, cells, notes = plan(
+        student=student, teacher=teacher, student_weights=student_weights, teacher_weights=teacher_weights, data=data,
+        classes=classes, seeds=seeds, profile=profile, only=only, project=project, name=name, epochs=epochs,
+        imgsz=imgsz, batch=batch, workers=workers, device=device, overrides=parse_overrides(override),
+        distill_args=shlex.split(distill_args) if distill_args else None,
+    )
+    check_overrides(opts.overrides)
+    for note in notes:
+        console.print(f"note: {note}")
+    manifest = read_manifest(study_dir)
+    if manifest is not None:
+        check_same_options(manifest, opts, study_dir)
+    if dry_run:
+        for cell in cells:
+            state = ("finished" if cell.finished() else "") if cell.same_as is None else f"same run as {cell.same_as.key}"
+            print(f"# {cell.key}" + (f" ({state})" if state else ""))
+            print(cell.shell())
+        return
+    study_dir.mkdir(parents=True, exist_ok=True)
+    manifest = manifest or {"created": now()}
+    manifest.update(
+        options=opts.to_dict(), machine=machine(),
+        settings=_merge_order(manifest.get("settings", []), [s.name for s in settings_from(study_config()).values()
+                                                              if any(c.setting.name == s.name for c in cells)]),
+        seeds=sorted(set(manifest.get("seeds", [])) | set(seed_list)),
+        command=shlex.join(["sodet", "study", *sys.argv[2:]]) if sys.argv[1:2] == ["study"] else None,
+    )
+    write_manifest(study_dir, manifest)
+    run_study(study_dir, cells, manifest, can_distill=distill_available(), echo=console.print)
+    for path in render_report(study_dir, console):
+        console.print(f"wrote {path}")
+
+
+def _merge_order(old: list[str], new: list[str]) -> list[str]:
+    """The settings a study folder holds, in the matrix's order."""
+    names = set(old) | set(new)
+    return [s for s in study_config()["settings"] if s in names]
