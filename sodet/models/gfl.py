@@ -341,6 +341,11 @@ class GflDetector(FrozenBatchNormTraining, nn.Module):
         # the returned loss over nbs images (16 for GFL, cfg/defaults.yaml), so bs/16 of it reproduces the recipe
         return total * img.shape[0] / NOMINAL_BATCH, items
 
+    @staticmethod
+    def mean_loss_scale(batch_size: int) -> float:
+        """What ``loss`` multiplies a batch-mean loss by (a term added to the loss is scaled the same way)."""
+        return batch_size / NOMINAL_BATCH
+
     # engine hooks -------------------------------------------------------------------------------------------
     def set_head_attr(self, **kwargs):
         """The engine sets NMS-related head attributes; NMS happens in the validator, so only record them."""
@@ -348,9 +353,10 @@ class GflDetector(FrozenBatchNormTraining, nn.Module):
             setattr(self, k, v)
 
     @torch.no_grad()
-    def fuse(self, verbose: bool = False):
+    def fuse(self, verbose: bool = False, **kwargs):
         """Fold the BatchNorm layers into the backbone's convolutions for inference (same function: GFL's BatchNorm
-        is always in eval mode). The state dict loses the ``bn`` keys: for inference copies only."""
+        is always in eval mode). The state dict loses the ``bn`` keys: for inference copies only. ``kwargs``: what
+        the engine passes its own models (the exporter gives ``imgsz``), not needed here."""
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         for m in list(self.backbone.modules()):
