@@ -26,10 +26,10 @@ NANO = str(shipped_weights("yolox_nano_coco_fusedbn.pth"))
 def teacher_file(tmp_path: Path, arch: str = "yolox-tiny", names: dict = NAMES, seed: int = 0) -> str:
     """A checkpoint holding a model object (as sodet and Ultralytics write them), random weights."""
     torch.manual_seed(seed)
-    if arch.startswith("yolox"):
-        from sodet.models.yolox import YoloxDetector
+    if arch.startswith(("yolox", "gfl")):
+        from sodet.models.registry import get_entry
 
-        model = YoloxDetector(arch, len(names), names)
+        model = get_entry(arch).build(len(names), names)
     else:  # the engine's own class: what an Ultralytics .pt holds
         from ultralytics.nn.tasks import DetectionModel
 
@@ -143,6 +143,16 @@ def test_across_families_yolox_teacher_ultralytics_student(tmp_path):
     assert model.strides == [8, 16, 32] and float(items["cwd_loss"]) > 0 and torch.isfinite(loss)
 
 
+def test_across_families_gfl_teacher_yolox_student(tmp_path):
+    """GFL's FPN (strides 8..128, 256 channels) teaches YOLOX's PAFPN (8/16/32, 64/128/256): the three common
+    strides are paired and connectors map the widths."""
+    model = build_distiller(student(teacher_file(tmp_path, "gfl-r18")), imgsz=128).train()
+    assert model.strides == [8, 16, 32]
+    assert [c.student[0].in_channels if len(c.student._modules) else None for c in model.projector] == [64, 128, None]
+    loss, items = model.loss(batch(size=128))
+    assert float(items["cwd_loss"]) > 0 and torch.isfinite(loss)
+
+
 def read_results(run: Path) -> list[dict]:
     with open(run / "results.csv") as f:
         return [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
@@ -187,6 +197,20 @@ def test_distill_run_ultralytics_head(tmp_path):
     assert float(row["train/cwd_loss"]) > 0 and float(row["train/det_loss"]) > 0
     ck = torch.load(run / "weights" / "best.pt", weights_only=False)
     assert type(ck["model"]).__name__ == "SodetDetectionModel"
+
+
+def test_distill_run_gfl(tmp_path):
+    """GFL pair (r34 teacher -> r18 student), class logits of the 5 levels through the shared gfl_cls."""
+    from sodet.api import distill
+
+    run = distill(
+        teacher=teacher_file(tmp_path, "gfl-r34"), model="gfl-r18", distill_on="head", data=str(MINI), imgsz=128,
+        batch=4, device="cpu", workers=0, plots=False, project=str(tmp_path), epochs=1, name="g", fraction=0.25,
+    )
+    row = read_results(run)[0]
+    assert float(row["train/cwd_loss"]) > 0 and float(row["train/det_loss"]) > 0
+    ck = torch.load(run / "weights" / "best.pt", weights_only=False)
+    assert type(ck["model"]).__name__ == "GflDetector"
 
 
 @pytest.mark.parametrize(
