@@ -309,7 +309,7 @@ def val(
     size_buckets: bool = True,
     slice: str | int | None = None,
     slice_overlap: float = 0.2,
-    slice_merge: str = "greedynmm",
+    slice_merge: str = "nms",  # val keeps conf 0.001 detections: greedy NMM would merge them into unions
     slice_match: str = "IOS",
     slice_threshold: float = 0.5,
     **engine: Any,
