@@ -103,7 +103,7 @@ def main() -> None:
         "| run | AP | APs | APm | ms / image |",
         "|---|---|---|---|---|",
         f"| full image | {fmt(full.get('AP'))} | {fmt(full.get('APs'))} | {fmt(full.get('APm'))} | {ms_full:.0f} |",
-        f"| sliced {a.slice} px, overlap {a.overlap} (+ full image, GreedyNMM IOS 0.5) | {fmt(sliced.get('AP'))} | "
+        f"| sliced {a.slice} px, overlap {a.overlap} (+ full image, NMS IOS 0.5, val's default) | {fmt(sliced.get('AP'))} | "
         f"{fmt(sliced.get('APs'))} | {fmt(sliced.get('APm'))} | {ms_sliced:.0f} |",
         "",
         f"Predict throughput on the same {n} images, {a.yolo} (seeded weights), batch 1, conf 0.25, best of {a.rounds}:",
