@@ -1,9 +1,9 @@
 """GFL speed (issue 10.7): gfl-r50 inference ms/image and training images/s beside yolox-tiny, and sodet's GFL-R50
 forward time against MMDetection 3.3.0's own on the same input and weights (target ratio <= 1.0).
 
-Inference: batch 1, eval mode, ``predict`` (the engine's path: decoded boxes and scores before NMS), median of
-``--reps`` after warm-up. Training: forward + the model's own loss + backward + SGD step on a batch of random
-images with COCO-like boxes, median images/s. The MMDetection comparison (``--mmdet-python``, the interpreter of the
+Inference: batch 1, eval mode, ``model(img)`` (the engine's path: decoded boxes and scores before NMS). Training:
+forward + the model's own loss + backward + SGD step on a batch of random images with COCO-like boxes. Medians of
+``--reps`` per round after warm-up, the order of the models alternating between ``--rounds``. The MMDetection comparison (``--mmdet-python``, the interpreter of the
 venv ``../shared/tools/mmref/build_venv.sh`` makes) runs MMDetection's backbone + neck + head in a separate process
 on sodet's weights (written in MMDetection's layout, loaded strict) and the same normalised input; the two
 processes run one after the other, on the same threads, repetitions interleaved by process round; the script also
@@ -39,6 +39,8 @@ MMREF = ROOT.parent / "shared" / "tools" / "mmref"
 
 from loss_step_time import make_batch  # noqa: E402
 
+WARMUP = 4  # untimed calls first: on CPU the first few calls at a new shape take up to 6x longer (measured)
+
 
 def sync(device: str) -> None:
     if device.startswith("cuda"):
@@ -51,39 +53,47 @@ def build(name: str, nc: int = 80):
     return get_entry(name).build(nc)
 
 
-def inference_ms(model, imgsz: int, reps: int, device: str) -> float:
-    model = model.to(device).eval()
+def inference_ms(model, imgsz: int, device: str) -> float:
+    """One timed ``model(img)`` of batch 1 (eval mode, no autograd)."""
     x = torch.rand(1, 3, imgsz, imgsz, device=device)
-    times = []
     with torch.no_grad():
-        for i in range(reps + 2):
-            sync(device)
-            t = time.perf_counter()
-            model(x)
-            sync(device)
-            if i >= 2:
-                times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
-def train_images_per_s(model, imgsz: int, batch: int, reps: int, device: str) -> float:
-    model = model.to(device).train()
-    images, boxes = make_batch(batch, imgsz, model.nc, seed=0)
-    b = {"img": images.to(device), "batch_idx": boxes[:, 0].to(device), "cls": boxes[:, 1:2].to(device),
-         "bboxes": (boxes[:, 2:] / imgsz).to(device)}
-    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-6, momentum=0.9)
-    rates = []
-    for i in range(reps + 1):
         sync(device)
         t = time.perf_counter()
-        loss, _ = model(b)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        model(x)
         sync(device)
-        if i >= 1:
-            rates.append(batch / (time.perf_counter() - t))
-    return statistics.median(rates)
+    return (time.perf_counter() - t) * 1000
+
+
+def train_step_rate(model, batch: dict, opt, device: str) -> float:
+    """Images/s of one forward + own loss + backward + SGD step."""
+    sync(device)
+    t = time.perf_counter()
+    loss, _ = model(batch)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    sync(device)
+    return batch["img"].shape[0] / (time.perf_counter() - t)
+
+
+def interleaved(names: list[str], imgsz: int, batch: int, reps: int, device: str, rounds: int = 2) -> dict:
+    """Median inference ms and training images/s per model. Each model's timings run back to back after untimed
+    warm-ups (WARMUP inferences, 2 training steps), and the order of the models
+    alternates between rounds, so that drift and other load on a shared machine hit both alike."""
+    images, boxes = make_batch(batch, imgsz, 80, seed=0)
+    b = {"img": images.to(device), "batch_idx": boxes[:, 0].to(device), "cls": boxes[:, 1:2].to(device),
+         "bboxes": (boxes[:, 2:] / imgsz).to(device)}
+    models = {n: build(n).to(device) for n in names}
+    opts = {n: torch.optim.SGD([p for p in m.parameters() if p.requires_grad], lr=1e-6, momentum=0.9) for n, m in models.items()}
+    ms = {n: [] for n in names}
+    ips = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names if r % 2 == 0 else names[::-1]:
+            m = models[n].eval()
+            ms[n] += [inference_ms(m, imgsz, device) for _ in range(reps + WARMUP)][WARMUP:]
+            m.train()
+            ips[n] += [train_step_rate(m, b, opts[n], device) for _ in range(reps + 2)][2:]
+    return {n: (statistics.median(ms[n]), statistics.median(ips[n])) for n in names}
 
 
 MMDET_SCRIPT = r"""
@@ -97,10 +107,10 @@ m.eval()
 x = torch.load({inp!r})
 times = []
 with torch.no_grad():
-    for i in range({reps} + 2):
+    for i in range({reps} + {warmup}):
         t = time.perf_counter()
         cls, reg = m.bbox_head(m.neck(m.backbone(x)))
-        if i >= 2:
+        if i >= {warmup}:
             times.append((time.perf_counter() - t) * 1000)
 torch.save({{'cls': cls, 'reg': reg}}, {out!r})
 print(json.dumps(times))
@@ -110,11 +120,11 @@ print(json.dumps(times))
 def sodet_forward_ms(model, x: torch.Tensor, reps: int):
     times = []
     with torch.no_grad():
-        for i in range(reps + 2):
+        for i in range(reps + WARMUP):
             t = time.perf_counter()
             feats = model.neck(model.backbone(x)[1:])
             cls, reg = model.bbox_head(feats)
-            if i >= 2:
+            if i >= WARMUP:
                 times.append((time.perf_counter() - t) * 1000)
     return times, cls, reg
 
@@ -135,7 +145,7 @@ def compare_mmdet(python: str, imgsz: int, reps: int, rounds: int) -> dict:
     x = torch.randn(1, 3, imgsz, imgsz)
     torch.save(x, tmp / "x.pt")
     script = MMDET_SCRIPT.format(mmref=str(MMREF), threads=torch.get_num_threads(), weights=str(tmp / "w.pth"),
-                                 inp=str(tmp / "x.pt"), reps=reps, out=str(tmp / "ref.pt"))
+                                 inp=str(tmp / "x.pt"), reps=reps, warmup=WARMUP, out=str(tmp / "ref.pt"))
     ours, theirs = [], []
     for _ in range(rounds):
         t, cls, reg = sodet_forward_ms(model, x, reps)
@@ -153,7 +163,7 @@ def main() -> None:
     ap.add_argument("--imgsz", type=int, default=640)
     ap.add_argument("--batch", type=int, default=2, help="training batch")
     ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--rounds", type=int, default=2, help="sodet/MMDetection process rounds")
+    ap.add_argument("--rounds", type=int, default=2, help="rounds (model order alternating; sodet/MMDetection processes)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--mmdet-python", help="python of the MMDetection reference venv (../shared/tools/mmref)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "gfl_speed.md"))
@@ -161,24 +171,23 @@ def main() -> None:
     import sodet  # noqa: F401  (offline switches)
 
     torch.manual_seed(0)
-    rows = []
-    for name in ("gfl-r50", "yolox-tiny"):
-        ms = inference_ms(build(name), a.imgsz, a.reps, a.device)
-        ips = train_images_per_s(build(name), a.imgsz, a.batch, a.reps, a.device)
-        rows.append(f"| {name} | {ms:.0f} | {ips:.2f} |")
-    cmd = f"python bench/gfl_speed.py --imgsz {a.imgsz} --batch {a.batch} --reps {a.reps} --device {a.device}"
+    speed = interleaved(["gfl-r50", "yolox-tiny"], a.imgsz, a.batch, a.reps, a.device, a.rounds)
+    rows = [f"| {n} | {ms:.0f} | {ips:.2f} |" for n, (ms, ips) in speed.items()]
+    cmd = f"python bench/gfl_speed.py --imgsz {a.imgsz} --batch {a.batch} --reps {a.reps} --rounds {a.rounds} --device {a.device}"
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     dev = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else f"{cpu_model()}, {os.cpu_count()} cores"
     lines = [
         "## GFL speed: gfl-r50 beside yolox-tiny, and sodet's GFL-R50 vs MMDetection's (issue 10.7)",
         "",
-        f"- command: `{cmd}{' --rounds ' + str(a.rounds) + ' --mmdet-python VENV/bin/python' if a.mmdet_python else ''}`",
+        f"- command: `{cmd}{' --mmdet-python VENV/bin/python' if a.mmdet_python else ''}` (VENV: "
+        "`bash ../shared/tools/mmref/build_venv.sh VENV`)",
         f"- machine: {dev}; torch {torch.__version__} ({torch.get_num_threads()} threads), Python "
         f"{platform.python_version()}; load average at the end {load:.2f} (the machine is shared)",
         f"- date: {datetime.datetime.now(datetime.timezone.utc).isoformat(timespec='seconds')}",
-        f"- inference: batch 1, {a.imgsz} px, eval mode, `model(img)` up to the engine's NMS, median of {a.reps}; "
+        f"- inference: batch 1, {a.imgsz} px, eval mode, `model(img)` up to the engine's NMS, median of {a.reps} x {a.rounds}; "
         f"training: forward + own loss + backward + SGD step, batch {a.batch} random images with COCO-like boxes, "
-        f"median of {a.reps}; 80 classes",
+        f"median of {a.reps} x {a.rounds} rounds; 80 classes; each model's timings back to back after warm-up, model order "
+        "alternating between rounds",
         "",
         "| model | inference ms/image | training images/s |",
         "|---|---|---|",

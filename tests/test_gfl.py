@@ -66,6 +66,16 @@ def test_state_dict_is_mmdetection_layout():
     assert [str(list(sd[k].shape)) for k, _ in rows] == [s for _, s in rows]
 
 
+def test_input_normalisation_is_mmdetection_rgb():
+    """Engine batches (RGB 0-1) reach the backbone as MMDetection's DetDataPreprocessor makes them: RGB on 0-255,
+    minus mean, over std."""
+    m = build("gfl-r18", 2)
+    img = torch.rand(2, 3, 32, 32)
+    mean = torch.tensor([123.675, 116.28, 103.53]).view(1, 3, 1, 1)
+    std = torch.tensor([58.395, 57.12, 57.375]).view(1, 3, 1, 1)
+    torch.testing.assert_close(m.normalize(img), (img * 255 - mean) / std, rtol=1e-5, atol=1e-5)
+
+
 def test_frozen_stages_and_norm_eval_hold_in_training():
     """One optimiser step on the model's own loss: stem and layer1 unchanged (MMDetection's frozen_stages=1),
     BatchNorm statistics unchanged (norm_eval), layer2 (BatchNorm affine included) and the head learn."""
@@ -342,8 +352,8 @@ def overfit_set(size: int):
         canvas[: a.shape[0], : a.shape[1]] = a
         images.append(torch.from_numpy(canvas).permute(2, 0, 1).float() / 255)
         anns = [x for x in d["annotations"] if x["image_id"] == im["id"] and not x["iscrowd"]]
-        xyxy = [[b[0], b[1], b[0] + b[2], b[1] + b[3]] for b in (x["bbox"] for x in anns)]
-        boxes.append(torch.tensor(xyxy).reshape(-1, 4) * r)
+        xyxy = [[b[0] * r, b[1] * r, (b[0] + b[2]) * r, (b[1] + b[3]) * r] for b in (x["bbox"] for x in anns)]
+        boxes.append(torch.tensor(xyxy).reshape(-1, 4))
         labels.append(torch.tensor([label[x["category_id"]] for x in anns], dtype=torch.long))
         gt["images"].append({"id": k, "width": size, "height": size})
         for x, b in zip(anns, boxes[-1].tolist()):
@@ -354,15 +364,20 @@ def overfit_set(size: int):
 
 def test_gfl_r18_learns_from_scratch():
     """gfl-r18 from random init (MMDetection's init, BatchNorm in eval mode as in the recipe) on 8 images at 128 px,
-    full batch, AdamW, with the model's own loss: mAP50 >= 0.5 on those images by MMDetection's test path (ATSS
-    targets, QFL/DFL/GIoU, decoding and NMS agree). A plain loop, as the YOLOX calibration in methods.md."""
+    full batch, AdamW (60 steps at 2e-3, 10 at 2e-4), with the model's own loss: mAP50 >= 0.5 on those images by
+    MMDetection's test path (ATSS targets, QFL/DFL/GIoU, decoding and NMS agree). A plain loop, as the YOLOX
+    calibration in methods.md. Measured: mAP50 0.06 after 20 steps, 0.42 after 60, 0.56 after 70 (0.59 after 80
+    without the decay)."""
     from sodet.eval.cocoeval import evaluate
 
     images, boxes, labels, gt = overfit_set(128)
     torch.manual_seed(0)
     m = build("gfl-r18", 2, {0: "person", 1: "car"}).train()
     opt = torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=0.002, weight_decay=0.0)
-    for _ in range(90):
+    for step in range(70):
+        if step == 60:
+            for group in opt.param_groups:
+                group["lr"] = 0.002 * 0.1
         losses = m.gfl_loss(m.bbox_head, *m.head_outputs(images)[1:], boxes, labels)
         opt.zero_grad()
         sum(losses.values()).backward()
