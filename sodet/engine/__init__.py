@@ -13,6 +13,12 @@ Trainer (``trainer.py``, subclass of ``DetectionTrainer``)
   weight decay on every group).
   attributes set: ``args.amp`` (restored), ``amp``, ``scaler``, ``ema`` (re-made after re-parametrizing),
   ``loss_items`` and ``epoch`` (only while validating the starting weights, then reset).
+  distillation (``distill.py``): ``get_model`` returns ``CwdDistiller`` (the student wrapped; the engine's
+  ``setup_model`` hands it back on resume, so the engine's own DistillationModel path is never taken); a
+  ``on_train_epoch_start`` callback (``--stop-distill``); ``final_eval`` first rewrites last.pt / best.pt with the
+  student alone; the connectors are named ``projector`` for the engine's NaN recovery.
+Predictor (``predictor.py``, subclass of ``DetectionPredictor``): images prepared and NMS run as the validator
+  does; sliced inference (``slicing.py``) through the ``sahi`` package.
 Validator (``validator.py``, subclass of ``DetectionValidator``)
   overrides: ``build_dataset``, ``init_metrics``, ``pred_to_json``, ``eval_json``, ``finalize_metrics``.
   attributes reset: ``is_custom_json``, ``gdict``, ``build_gdict``, ``eval_ids`` (the engine's COCO scoring is
