@@ -2,7 +2,7 @@
 
 from sodet import offline as _offline  # noqa: F401  (must run before ultralytics is imported)
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 __all__ = ["Detector", "__version__"]
 
 
