@@ -11,7 +11,6 @@ import inspect
 import os
 import sys
 import typing
-from pathlib import Path
 from typing import Optional
 
 import typer
