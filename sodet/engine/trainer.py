@@ -170,9 +170,9 @@ class SodetTrainer(DetectionTrainer):
     def final_eval(self):
         """The engine's validation of best.pt, then the change from the starting weights. A distillation run's
         final checkpoints keep the student only (no teacher, no connectors): they load like a plain run's."""
-        if RANK in {-1, 0}:
-            from sodet.engine.distill import keep_student
+        from sodet.engine.distill import CwdDistiller, keep_student
 
+        if RANK in {-1, 0} and isinstance(unwrap_model(self.model), CwdDistiller):  # plain runs: no extra I/O
             for f in (self.last, self.best):
                 keep_student(f)
         super().final_eval()

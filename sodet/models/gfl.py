@@ -17,6 +17,7 @@ import torchvision
 from torch import nn
 from torchvision.ops import batched_nms
 
+from sodet.models.adapter import EngineAdapter
 from sodet.models.batchnorm import FrozenBatchNormTraining, batchnorms
 from sodet.models.registry import register_family
 
@@ -220,7 +221,7 @@ def postprocess(head: GflHead, cls_scores, bbox_preds, img_shape, cfg: dict = TE
     return results
 
 
-class GflDetector(FrozenBatchNormTraining, nn.Module):
+class GflDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
     """GFL (ResNet + FPN P3-P7 + GFL head) that the engine can train, validate, checkpoint, resume and deep-copy.
 
     Submodules ``backbone``, ``neck``, ``bbox_head`` carry MMDetection's names, so ``state_dict()`` is an
@@ -228,6 +229,7 @@ class GflDetector(FrozenBatchNormTraining, nn.Module):
     """
 
     task = "detect"
+    nominal_batch = NOMINAL_BATCH
     norm_eval = True  # BatchNorm in eval mode while training (see train)
 
     def __init__(self, name: str = "gfl-r50", nc: int = 80, names: dict | None = None, depth: int = 50):
@@ -341,17 +343,7 @@ class GflDetector(FrozenBatchNormTraining, nn.Module):
         # the returned loss over nbs images (16 for GFL, cfg/defaults.yaml), so bs/16 of it reproduces the recipe
         return total * img.shape[0] / NOMINAL_BATCH, items
 
-    @staticmethod
-    def mean_loss_scale(batch_size: int) -> float:
-        """What ``loss`` multiplies a batch-mean loss by (a term added to the loss is scaled the same way)."""
-        return batch_size / NOMINAL_BATCH
-
     # engine hooks -------------------------------------------------------------------------------------------
-    def set_head_attr(self, **kwargs):
-        """The engine sets NMS-related head attributes; NMS happens in the validator, so only record them."""
-        for k, v in kwargs.items():
-            setattr(self, k, v)
-
     @torch.no_grad()
     def fuse(self, verbose: bool = False, **kwargs):
         """Fold the BatchNorm layers into the backbone's convolutions for inference (same function: GFL's BatchNorm

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 from yolox.config import YoloxConfig
 
+from sodet.models.adapter import EngineAdapter
 from sodet.models.batchnorm import FrozenBatchNormTraining
 from sodet.models.registry import register_family
 
@@ -24,10 +25,11 @@ YOLOX_STRIDES = (8.0, 16.0, 32.0)
 NOMINAL_BATCH = 64  # the engine's nbs, and the batch YOLOX's learning rate is quoted for
 
 
-class YoloxDetector(FrozenBatchNormTraining, nn.Module):
+class YoloxDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
     """A YOLOX network that the engine can train, validate, checkpoint, resume and deep-copy."""
 
     task = "detect"
+    nominal_batch = NOMINAL_BATCH
 
     def __init__(self, name: str = "yolox-nano", nc: int = 80, names: dict | None = None):
         super().__init__()
@@ -133,17 +135,7 @@ class YoloxDetector(FrozenBatchNormTraining, nn.Module):
         # of the returned loss over 64 images (nbs), so bs/64 of it reproduces that recipe at the engine's lr0 0.01
         return total * img.shape[0] / NOMINAL_BATCH, items
 
-    @staticmethod
-    def mean_loss_scale(batch_size: int) -> float:
-        """What ``loss`` multiplies a batch-mean loss by (a term added to the loss is scaled the same way)."""
-        return batch_size / NOMINAL_BATCH
-
     # engine hooks -------------------------------------------------------------------------------------------
-    def set_head_attr(self, **kwargs):
-        """The engine sets NMS-related head attributes; YOLOX's NMS happens in the validator, so only record them."""
-        for k, v in kwargs.items():
-            setattr(self, k, v)
-
     def fuse(self, verbose: bool = False, **kwargs):
         """Fold BatchNorm into convolutions for inference (same outputs, faster). ``kwargs``: what the engine passes
         its own models (the exporter gives ``imgsz``), not needed here."""
