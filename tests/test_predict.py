@@ -82,6 +82,8 @@ def test_predict_detections_equal_val(tmp_path, model, letterbox):
 
 def test_predict_outputs_txt_classes_and_bad_images(tmp_path, caplog):
     """Annotated images, YOLO txt labels, --classes filter; an unreadable image is skipped with a warning naming it."""
+    from ultralytics.utils import LOGGER
+
     from sodet.api import predict
 
     src = tmp_path / "src"
@@ -89,8 +91,12 @@ def test_predict_outputs_txt_classes_and_bad_images(tmp_path, caplog):
     for f in sorted(VAL_IMAGES.iterdir())[:3]:
         (src / f.name).symlink_to(f)
     (src / "broken.jpg").write_bytes(b"not a jpeg")
-    out, results = predict(model="yolox-nano", source=str(src), imgsz=256, device="cpu", save_txt=True,
-                           classes=["person"], conf=0.1, project=str(tmp_path), name="run", progress=False)
+    LOGGER.addHandler(caplog.handler)  # the engine's logger does not propagate to the root logger caplog watches
+    try:
+        out, results = predict(model="yolox-nano", source=str(src), imgsz=256, device="cpu", save_txt=True,
+                               classes=["person"], conf=0.1, project=str(tmp_path), name="run", progress=False)
+    finally:
+        LOGGER.removeHandler(caplog.handler)
     assert out == tmp_path / "run" and len(results) == 3
     assert sorted(p.name for p in out.glob("*.jpg")) == sorted(f.name for f in src.iterdir() if f.name != "broken.jpg")
     labels = list((out / "labels").glob("*.txt"))
