@@ -323,6 +323,23 @@ def test_engine_trains_gfl_with_copy_paste(tmp_path):
     assert all(x > 0 for x in losses), losses
 
 
+def test_gfl_run_resumes_with_its_recipe(tmp_path):
+    """An interrupted GFL run (last.pt of epoch 1 of 2) resumes: same run folder, epoch 2 appended, GFL's recipe
+    (SGD, step schedule) and sodet's options kept."""
+    from sodet.api import train
+
+    run = train(model="gfl-r18", data=str(MINI), epochs=2, imgsz=128, batch=8, device="cpu", workers=0, plots=False,
+                val=False, project=str(tmp_path), name="rs", save_period=1, weighted_loss=2.0, weight_form="scale")
+    torch.save(torch.load(run / "weights" / "epoch0.pt", weights_only=False), run / "weights" / "last.pt")
+    assert train(resume=str(run / "weights" / "last.pt"), device="cpu") == run
+    rows = (run / "results.csv").read_text().strip().splitlines()
+    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "2"]  # the resumed run appends its epoch 2 again
+    ck = torch.load(run / "weights" / "last.pt", weights_only=False)
+    model = ck.get("ema") or ck["model"]
+    assert model.yaml["family"] == "gfl" and model.sodet.weighted_loss == 2.0 and model.sodet.weight_form == "scale"
+    assert ck["train_args"]["optimizer"] == "SGD" and ck["train_args"]["lr0"] == 0.01
+
+
 def test_zoo_lists_gfl():
     from sodet.models.registry import get_entry, list_models
 
