@@ -27,17 +27,18 @@ RECT_PAD = 0.5  # the validator's rect batches pad half a stride (sodet.engine.b
 
 
 def eval_letterbox(
-    images: list[np.ndarray], imgsz: int, stride: int, center: bool, rect: bool | None = None
+    images: list[np.ndarray], imgsz: int, stride: int, center: bool, rect: bool | None = None, pad: float = RECT_PAD
 ) -> tuple[list[np.ndarray], list]:
     """The validator's input for a batch of BGR images: long side resized to ``imgsz`` as the dataset loads it,
     then the engine's LetterBox to the batch shape a rect batch of these images gets (``center``; a centred square
     when ``rect`` is False: exported models of a fixed size) or to a square padded bottom/right (YOLOX's own
-    pipeline). Returns the images and each one's ratio_pad for ``scale_boxes``."""
+    pipeline). ``pad``: the rect batch's extra strides (the validator's half; 0 is the engine predictor's minimum
+    rectangle). Returns the images and each one's ratio_pad for ``scale_boxes``."""
     if center and (rect is None or rect):
         ar = np.array([im.shape[0] / im.shape[1] for im in images])
         mini, maxi = ar.min(), ar.max()
         shape = [maxi, 1] if maxi < 1 else [1, 1 / mini] if mini > 1 else [1, 1]
-        new_shape = tuple(int(x) for x in np.ceil(np.array(shape) * imgsz / stride + RECT_PAD).astype(int) * stride)
+        new_shape = tuple(int(x) for x in np.ceil(np.array(shape) * imgsz / stride + pad).astype(int) * stride)
     else:
         new_shape = (imgsz, imgsz)
     letterbox = LetterBox(new_shape=new_shape, scaleup=False, center=center)
@@ -106,6 +107,7 @@ class SodetPredictor(DetectionPredictor):
         self.save_json = save_json
         self.progress = progress
         self.letterbox = "center"
+        self.rect_pad = RECT_PAD  # the validator's, so that predict and val give the same detections
         self.ratio_pads: list = []
         self.jdict: list[dict] = []
         self.image_ids: dict[str, int] = {}
@@ -131,7 +133,8 @@ class SodetPredictor(DetectionPredictor):
     # preprocessing: the validator's --------------------------------------------------------------------------
     def pre_transform(self, im: list[np.ndarray]) -> list[np.ndarray]:
         out, self.ratio_pads = eval_letterbox(
-            im, max(self.imgsz), int(self.model.stride), self.letterbox == "center", rect=not fixed_size(self.model)
+            im, max(self.imgsz), int(self.model.stride), self.letterbox == "center", rect=not fixed_size(self.model),
+            pad=self.rect_pad,
         )
         return out
 
