@@ -4,6 +4,7 @@ recipe, small-object weighting and copy-paste on the engine, and learning from s
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -332,8 +333,14 @@ def test_gfl_run_resumes_with_its_recipe(tmp_path):
                 val=False, project=str(tmp_path), name="rs", save_period=1, weighted_loss=2.0, weight_form="scale")
     torch.save(torch.load(run / "weights" / "epoch0.pt", weights_only=False), run / "weights" / "last.pt")
     assert train(resume=str(run / "weights" / "last.pt"), device="cpu") == run
-    rows = (run / "results.csv").read_text().strip().splitlines()
-    assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "2"]  # the resumed run appends its epoch 2 again
+    with open(run / "results.csv") as f:
+        rows = [{k.strip(): v for k, v in row.items()} for row in csv.DictReader(f)]
+    assert [r["epoch"] for r in rows] == ["1", "2", "2"]  # the resumed run appends its epoch 2 again
+    assert None not in rows[0] and all(len(r) == len(rows[0]) and None not in r for r in rows)  # one column per value
+    # validated only at the end (val=False): sodet's COCO columns hold 0 until then, as the engine's own metrics
+    assert float(rows[0]["metrics/AP_coco(B)"]) == 0 and float(rows[2]["metrics/AP_coco(B)"]) != 0
+    # same learning rates as the uninterrupted epoch 2 (GFL's iteration warm-up and step schedule carried on)
+    assert all(float(rows[1][k]) == pytest.approx(float(rows[2][k]), rel=1e-6) for k in ("lr/pg0", "lr/pg1", "lr/pg2"))
     ck = torch.load(run / "weights" / "last.pt", weights_only=False)
     model = ck.get("ema") or ck["model"]
     assert model.yaml["family"] == "gfl" and model.sodet.weighted_loss == 2.0 and model.sodet.weight_form == "scale"

@@ -16,7 +16,7 @@ from ultralytics.utils.torch_utils import unwrap_model
 
 from sodet.engine.build import build_dataset, build_model
 from sodet.models.registry import model_family
-from sodet.engine.validator import SodetValidator
+from sodet.engine.validator import COCO_COLUMNS, SodetValidator
 from sodet.options import RunOptions
 
 
@@ -242,13 +242,30 @@ class SodetTrainer(DetectionTrainer):
         )
 
     def save_metrics(self, metrics):
-        """Add what copy-paste did to the run record, once per epoch."""
-        super().save_metrics(metrics)
+        """The engine's results.csv row with fixed columns, and what copy-paste did in the run record, once per
+        epoch. The engine writes the header with the first row and then whatever keys a row has: an epoch that is
+        not validated (``val=False``, the study's runs) lacks sodet's COCO columns, so every row is put in the
+        columns of the file's header (or, for the first row, the engine's plus sodet's), 0 where an epoch has no
+        value, as the engine does for its own metrics of an epoch it did not validate."""
+        super().save_metrics({k: metrics.get(k, 0.0) for k in self.results_columns(metrics)})
         ds = getattr(self.train_loader, "dataset", None)
         if ds is not None and getattr(ds, "paste_stats", None) and self.options.copy_paste:
             from ultralytics.utils import YAML
 
             YAML.save(self.save_dir / "copy_paste.yaml", dict(ds.paste_stats))
+
+    def results_columns(self, metrics: dict) -> list[str]:
+        """results.csv's metric columns: its header's (resume appends to it), else ``metrics``' keys with sodet's
+        COCO columns after the engine's ``metrics/`` ones."""
+        if self.csv.exists():
+            with open(self.csv, encoding="utf-8") as f:
+                header = [c.strip() for c in f.readline().strip().split(",")]
+            if header[:2] == ["epoch", "time"] and len(header) > 2:
+                return header[2:]
+        keys = list(metrics)
+        missing = [k for k in COCO_COLUMNS if k not in keys]
+        last = max((i for i, k in enumerate(keys) if k.startswith("metrics/")), default=len(keys) - 1)
+        return keys[: last + 1] + missing + keys[last + 1 :]
 
 
 class StepLR:

@@ -18,6 +18,8 @@ from sodet.options import RunOptions
 
 MAX_DETS = 100  # COCO's detections per image
 SIZE_KEYS = {"APs": "metrics/mAP_small(B)", "APm": "metrics/mAP_medium(B)", "APl": "metrics/mAP_large(B)"}
+AP_COCO_KEY = "metrics/AP_coco(B)"
+COCO_COLUMNS = (*SIZE_KEYS.values(), AP_COCO_KEY)  # what a validated training epoch adds to the engine's metrics
 
 
 def find_options(model) -> RunOptions | None:
@@ -138,7 +140,7 @@ class SodetValidator(DetectionValidator):
                 v = self.coco_metrics.get(k)
                 stats[key] = -1.0 if v is None else float(v)
             ap = self.coco_metrics.get("AP")
-            stats["metrics/AP_coco(B)"] = -1.0 if ap is None else float(ap)  # per epoch in results.csv, every epoch
+            stats[AP_COCO_KEY] = -1.0 if ap is None else float(ap)  # per epoch in results.csv, every epoch
             if ap is not None:
                 stats["fitness"] = float(ap)  # best.pt is the checkpoint with the best COCO AP
         return stats
