@@ -11,6 +11,8 @@ Trainer (``trainer.py``, subclass of ``DetectionTrainer``)
   ``_setup_scheduler`` (step schedule at 8/12 and 11/12 of the epochs), ``_get_warmup_iterations`` (500 recipe
   iterations of 16 images) unless cos_lr/lrf/warmup_epochs are set, and ``build_optimizer`` (plain-momentum SGD,
   weight decay on every group).
+  ``save_metrics`` writes every results.csv row in the header's columns (the engine writes a row's own keys: an
+  epoch not validated lacks sodet's COCO columns).
   attributes set: ``args.amp`` (restored), ``amp``, ``scaler``, ``ema`` (re-made after re-parametrizing),
   ``loss_items`` and ``epoch`` (only while validating the starting weights, then reset).
   distillation (``distill.py``): ``get_model`` returns ``CwdDistiller`` (the student wrapped; the engine's
