@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -202,10 +202,7 @@ def main() -> None:
         + (f"; growth over the built models: plain {mem['plain']['growth_MiB']} MiB, distillation {mem['distill']['growth_MiB']} MiB." if "growth_MiB" in mem["plain"] else "."),
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    if args.out:
-        Path(args.out).write_text(text)
+    write_report(lines, args.out)
 
 
 if __name__ == "__main__":

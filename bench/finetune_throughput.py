@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, write_report  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -163,10 +163,7 @@ def main() -> None:
         "",
         f"**ratio sodet / plain = {s / p:.2f}** (target >= 0.9).",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text)
+    write_report(lines, a.out)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -208,10 +208,7 @@ def main() -> None:
             f"**ratio sodet / MMDetection = {c['sodet'] / c['mmdet']:.2f}** (target <= 1.0); largest difference of "
             f"the raw head outputs {c['diff']:.1e} (outputs up to {c['scale']:.1f}).",
         ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text)
+    write_report(lines, a.out)
 
 
 if __name__ == "__main__":

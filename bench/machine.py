@@ -1,4 +1,4 @@
-"""What every benchmark records about where it ran."""
+"""What every benchmark records about where it ran, and how it hands its markdown over."""
 
 from __future__ import annotations
 
@@ -15,3 +15,13 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def write_report(lines: list[str], out: str | Path | None = None) -> str:
+    """A benchmark's markdown: printed, and written to ``out`` (its folder made) when given."""
+    text = "\n".join(lines).rstrip("\n") + "\n"
+    print(text)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(text)
+    return text

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import cpu_model  # noqa: E402
+from machine import cpu_model, write_report  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -118,10 +118,7 @@ def main() -> None:
         f"rectangle (no validator half-stride pad) {tp['sodet_pad0']:.1f} img/s, ratio {tp['sodet_pad0'] / tp['engine']:.2f}.",
         "",
     ]
-    text = "\n".join(lines)
-    print(text)
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(text)
+    write_report(lines, a.out)
 
 
 if __name__ == "__main__":
