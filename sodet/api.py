@@ -316,38 +316,30 @@ def val(
 ) -> tuple[Path, dict]:
     """Validate a checkpoint, an exported model or a registered model; returns (output folder, the COCO metrics).
     With ``slice``, every image is also run as SAHI tiles and merged (sodet.engine.slicing)."""
-    from sodet.engine.slicing import Slicer
-
-    slicer = Slicer.from_options(slice, slice_overlap, slice_merge, slice_match, slice_threshold)
     from sodet.data.spec import resolve_data
     from sodet.engine.build import build_model
+    from sodet.engine.slicing import Slicer
     from sodet.engine.validator import SodetValidator
     from sodet.models.registry import get_entry
     from sodet.offline import quiet_engine
 
+    slicer = Slicer.from_options(slice, slice_overlap, slice_merge, slice_match, slice_threshold)
     quiet_engine()
     device = pick_device(engine.pop("device", None))
     imgsz = engine.pop("imgsz", None)
-    if str(model).endswith(".pt"):
-        ckpt, net, options = sodet_checkpoint(model)
-        net = net.float()
-        names = [net.names[i] for i in range(len(net.names))]
+    meta = None  # an exported model's metadata
+    if str(model).endswith(".pt") or is_exported(model):
+        net, options, default_imgsz = inference_model(model)
+        if not isinstance(net, torch.nn.Module):  # an exported model: the engine's AutoBackend loads the file
+            meta, net = exported_metadata(model), None
+        model_names = net.names if net is not None else meta.get("names") or {}
+        names = [model_names[i] for i in range(len(model_names))]
         data_yaml = resolve_data(data or options.data, classes or names, splits=(split,))
         data_names = YAML.load(data_yaml)["sodet_classes"]
         if data_names != names:
-            raise SodetError(f"checkpoint classes {names} do not match the data classes {data_names}")
-        imgsz = imgsz or (ckpt.get("train_args") or {}).get("imgsz")
-        source = str(Path(model).resolve())
-    elif is_exported(model):
-        source, options, exported_imgsz = inference_model(model)
-        net = None
-        meta_names = exported_metadata(model).get("names") or {}
-        names = [meta_names[i] for i in range(len(meta_names))]
-        data_yaml = resolve_data(data or options.data, classes or names, splits=(split,))
-        data_names = YAML.load(data_yaml)["sodet_classes"]
-        if data_names != names:
-            raise SodetError(f"model classes {names} do not match the data classes {data_names}")
-        imgsz = imgsz or exported_imgsz
+            what = "checkpoint" if net is not None else "model"
+            raise SodetError(f"{what} classes {names} do not match the data classes {data_names}")
+        imgsz = imgsz or default_imgsz
         source = str(Path(model).resolve())
     else:
         entry = get_entry(model)
@@ -387,8 +379,8 @@ def val(
         **{k: v for k, v in engine.items() if v is not None},
     }
     validator = SodetValidator(save_dir=save_dir, args=args, options=options, size_buckets=size_buckets, slicer=slicer)
-    if net is None:  # an exported model: rect batches only when it takes any input size
-        validator.fixed_size = not (exported_metadata(model).get("args") or {}).get("dynamic", False)
+    if meta is not None:  # an exported model: rect batches only when it takes any input size
+        validator.fixed_size = not (meta.get("args") or {}).get("dynamic", False)
     validator(model=net)
     return save_dir, validator.coco_metrics or {}
 
