@@ -42,6 +42,7 @@ def train(
     oversample: float = 1.0,
     paste_copies: int = 1,
     paste_jitter: bool = False,
+    oversample_pool: str = "small",
     freeze_bn: bool | None = None,
     distill: DistillOptions | None = None,
     **engine: Any,
@@ -55,7 +56,7 @@ def train(
 
     check_train_options(
         small_area=small_area, weighted_loss=weighted_loss, weight_form=weight_form, oversample=oversample,
-        paste_copies=paste_copies, **engine,
+        paste_copies=paste_copies, oversample_pool=oversample_pool, **engine,
     )
     quiet_engine()
     engine["device"] = pick_device(engine.get("device"))
@@ -96,6 +97,7 @@ def train(
         oversample=oversample,
         paste_copies=paste_copies,
         paste_jitter=paste_jitter,
+        oversample_pool=oversample_pool,
         classes=YAML.load(data_yaml)["sodet_classes"],
         data=str(Path(data).resolve()) if data else None,
         freeze_bn=freeze_bn if freeze_bn is not None or not is_ckpt else saved.freeze_bn,
@@ -207,10 +209,13 @@ NOT_HONOURED_YOLOX = {  # engine options that act on the engine's own models onl
 
 def check_train_options(
     small_area: float, weighted_loss: float | None, weight_form: str, oversample: float, paste_copies: int,
-    **engine: Any,
+    oversample_pool: str = "small", **engine: Any,
 ) -> None:
     """One line for any invalid value, before any work is done."""
-    positive = {"--small-area": small_area, "--oversample": oversample, "--paste-copies": paste_copies}
+    positive = {"--small-area": small_area, "--oversample": oversample}
+    if not isinstance(paste_copies, (int, float)) or isinstance(paste_copies, bool) or not paste_copies >= 0:
+        raise SodetError(f"--paste-copies must be 0 (oversampling without pasting) or more, got {paste_copies!r}")
+    check_choice("--oversample-pool", oversample_pool, {"small", "all"})
     if weighted_loss is not None:
         positive["--weighted-loss"] = weighted_loss
     for key in ("epochs", "imgsz", "patience"):

@@ -88,7 +88,10 @@ def train(
     weight_form: str = typer.Option("study", "--weight-form", help="study: 1 - W*IoU^2 ; scale: W*(1 - IoU^2)"),
     copy_paste: bool = typer.Option(False, "--copy-paste", help="copy-paste oversampling of images with small objects"),
     oversample: float = typer.Option(1.0, "--oversample", help="extra appearances per epoch of images with small objects"),
-    paste_copies: int = typer.Option(1, "--paste-copies", help="pastes of each small object per extra appearance"),
+    paste_copies: int = typer.Option(1, "--paste-copies", help="pastes of each small object per extra appearance (0: oversampling alone, the control)"),
+    oversample_pool: str = typer.Option(
+        "small", "--oversample-pool", help="small: repeat images holding small objects; all: as many extra samples from every image (compute-matched control)"
+    ),
     paste_jitter: bool = typer.Option(False, "--paste-jitter", help="scale +-20%, rotate +-15 deg pasted objects"),
     freeze_bn: Optional[bool] = typer.Option(
         None, "--freeze-bn/--no-freeze-bn", help="BatchNorm in eval mode, affine frozen [auto: frozen for folded weights]"

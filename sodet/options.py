@@ -38,7 +38,9 @@ class RunOptions:
     weight_form: str = "study"  # "study": 1 - W*IoU^2 ; "scale": W*(1 - IoU^2)
     copy_paste: bool = False  # copy-paste oversampling of images with small objects
     oversample: float = 1.0  # extra appearances per epoch of each image holding small objects
-    paste_copies: int = 1  # pastes of each small object in an extra appearance
+    paste_copies: int = 1  # pastes of each small object in an extra appearance (0: oversampling alone)
+    oversample_pool: str = "small"  # "small": the extra appearances are of images holding small objects; "all":
+    # the same NUMBER of extra appearances drawn from every image (the compute-matched control of copy-paste)
     paste_jitter: bool = False  # scale +-20 %, rotation +-15 deg on pasted objects
     freeze_bn: bool | None = None  # BatchNorm in eval mode with frozen affine (None: sodet decides, see trainer)
     letterbox: str = "center"  # evaluation padding: "center" (the engine's, as sodet trains) or "top-left"

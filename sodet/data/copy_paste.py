@@ -216,6 +216,17 @@ def extra_sample_count(n_with_small: int, oversample: float) -> int:
     return whole * n_with_small + math.floor((oversample - whole) * n_with_small + 0.5)
 
 
+def uniform_extra_indices(n_images: int, count: int, rng: np.random.Generator) -> np.ndarray:
+    """``count`` extra appearances spread over all ``n_images`` (sorted, with repeats): every image ``count //
+    n_images`` times, plus a ``rng``-chosen set of others once more. The control that gives a baseline as many
+    samples per epoch as copy-paste without favouring the images that hold small objects."""
+    if count <= 0 or n_images <= 0:
+        return np.zeros(0, np.int64)
+    whole, rest = divmod(int(count), int(n_images))
+    picked = rng.choice(n_images, size=rest, replace=False) if rest else np.zeros(0, np.int64)
+    return np.sort(np.concatenate([np.repeat(np.arange(n_images), whole), picked]).astype(np.int64))
+
+
 def oversample_indices(has_small: np.ndarray, oversample: float, rng: np.random.Generator) -> np.ndarray:
     """Indices of the images that appear once more per epoch (sorted, with repeats).
 

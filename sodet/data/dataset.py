@@ -136,13 +136,21 @@ class SodetDataset(YOLODataset):
     def build_oversampling(self) -> None:
         from sodet.data.copy_paste import oversample_indices
 
+        from sodet.data.copy_paste import uniform_extra_indices
+
         has_small = np.array([bool(self.small_mask(i).any()) for i in range(len(self.labels))])
         rng = np.random.default_rng(self.seed)
         extra = np.asarray(oversample_indices(has_small, self.options.oversample, rng), dtype=np.int64)
+        pool = "images holding small objects"
+        if self.options.oversample_pool == "all":  # the same number of extra samples, from every image
+            extra = uniform_extra_indices(len(self.labels), len(extra), np.random.default_rng([self.seed, 1]))
+            pool = "all images (compute-matched control)"
         self.sample_index = np.concatenate([np.arange(len(self.labels)), extra])
+        paste = f"{self.options.paste_copies} paste(s) per small object" if self.options.paste_copies else "no paste"
         LOGGER.info(
             f"{colorstr('sodet copy-paste:')} {int(has_small.sum())}/{len(has_small)} images hold small objects "
-            f"(area < {self.options.small_area:g}); epoch = {len(self.labels)} + {len(extra)} samples"
+            f"(area < {self.options.small_area:g}); epoch = {len(self.labels)} + {len(extra)} samples drawn from "
+            f"{pool}, {paste}"
         )
 
     @property
@@ -160,10 +168,18 @@ class SodetDataset(YOLODataset):
     def __len__(self) -> int:
         return len(self.sample_index)
 
+    @property
+    def sample_stream(self) -> str:
+        """What a training epoch draws from: its length and which images it repeats (a hash). Two runs of the
+        same seed whose streams are equal see the same batches (the engine's sampler is seeded by length)."""
+        import hashlib
+
+        return f"{len(self.sample_index)}:{hashlib.sha1(self.sample_index.astype(np.int64).tobytes()).hexdigest()[:12]}"
+
     def get_image_and_label(self, index: int) -> dict:
         i = int(self.sample_index[index]) if index < len(self.sample_index) else index
         label = super().get_image_and_label(i)
-        if index >= len(self.labels):
+        if index >= len(self.labels) and self.options.paste_copies > 0:
             self.paste_into(label, i, index)
         return label
 

@@ -6,6 +6,7 @@ between patch releases, which is why ultralytics is pinned exactly.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from copy import copy
 
 import torch
@@ -81,7 +82,8 @@ class SodetTrainer(DetectionTrainer):
         finally:
             self.args.amp = amp
         self.prepare_batchnorm()
-        self.start_metrics = None if self.resume else self.validate_start()  # every rank: validation is sharded
+        with preserved_rng():  # the validation loader's transforms draw from Python's generator (BGR flip test)
+            self.start_metrics = None if self.resume else self.validate_start()  # every rank: validation is sharded
         if wants_amp and self.device.type == "cuda":
             self.amp = True
             self.scaler = torch.amp.GradScaler("cuda", enabled=True)
@@ -148,8 +150,10 @@ class SodetTrainer(DetectionTrainer):
         was, plots = model.training, self.validator.args.plots
         model.eval()  # no BatchNorm statistics change while the validator asks for loss items
         try:
+            # the loss names come from a VALIDATION batch: a training batch would advance the training stream
+            # (every later batch shifted by one against a run that does not validate)
             with torch.no_grad():
-                _, self.loss_items = model.loss(self.preprocess_batch(next(iter(self.train_loader))))
+                _, self.loss_items = model.loss(self.preprocess_batch(next(iter(self.test_loader))))
             self.epoch = -1  # before the first epoch (no plots)
             self.validator(self)
         finally:
@@ -236,6 +240,17 @@ class SodetTrainer(DetectionTrainer):
             super().plot_training_labels()
 
     # validation --------------------------------------------------------------------------------------------
+    def validate(self):
+        """The engine's validation, leaving every random number generator as it found it (see ``preserved_rng``):
+        a run trains identically whether or not its epochs are validated."""
+        with preserved_rng():
+            return super().validate()
+
+    def optimizer_step(self):
+        """The engine's step, counted (``training.json``: what a run cost, for compute-matched comparisons)."""
+        super().optimizer_step()
+        self.optimizer_steps = getattr(self, "optimizer_steps", 0) + 1
+
     def get_validator(self):
         return SodetValidator(
             self.test_loader, save_dir=self.save_dir, args=copy(self.args), _callbacks=self.callbacks, options=self.options
@@ -248,11 +263,50 @@ class SodetTrainer(DetectionTrainer):
         columns of the file's header (or, for the first row, the engine's plus sodet's), 0 where an epoch has no
         value, as the engine does for its own metrics of an epoch it did not validate."""
         super().save_metrics({k: metrics.get(k, 0.0) for k in self.results_columns(metrics)})
+        self.save_training_record()
         ds = getattr(self.train_loader, "dataset", None)
         if ds is not None and getattr(ds, "paste_stats", None) and self.options.copy_paste:
             from ultralytics.utils import YAML
 
             YAML.save(self.save_dir / "copy_paste.yaml", dict(ds.paste_stats))
+
+    def save_training_record(self) -> None:
+        """``training.json``: what the run has seen so far (samples per epoch and which, images, batches,
+        optimizer steps per epoch), so that a study can show each setting's compute and tell which runs saw the
+        same batches. A resumed run keeps the steps of the epochs before its checkpoint."""
+        import json
+        import os
+
+        ds = getattr(self.train_loader, "dataset", None)
+        if ds is None or RANK not in {-1, 0}:
+            return
+        path = self.save_dir / "training.json"
+        try:
+            earlier = json.loads(path.read_text()).get("steps_per_epoch", []) if path.is_file() else []
+        except (OSError, ValueError):
+            earlier = []
+        start = getattr(self, "start_epoch", 0)
+        total = getattr(self, "optimizer_steps", 0)
+        counted = getattr(self, "_steps_counted", 0)
+        steps = (earlier[:start] + getattr(self, "_steps_per_epoch", []))[: self.epoch]
+        steps.append(total - counted)
+        self._steps_per_epoch, self._steps_counted = steps[start:], total
+        record = {
+            "epochs_done": self.epoch + 1,
+            "epochs": self.epochs,
+            "epoch_samples": len(ds),
+            "images_in_split": len(ds.labels),
+            "sample_stream": getattr(ds, "sample_stream", str(len(ds))),
+            "images_seen": len(ds) * (self.epoch + 1),
+            "batches_per_epoch": len(self.train_loader),
+            "batch": self.batch_size,
+            "optimizer_steps": sum(steps),
+            "steps_per_epoch": steps,
+            "seed": int(self.args.seed),
+        }
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        os.replace(tmp, path)
 
     def results_columns(self, metrics: dict) -> list[str]:
         """results.csv's metric columns: its header's (resume appends to it), else ``metrics``' keys with sodet's
@@ -266,6 +320,28 @@ class SodetTrainer(DetectionTrainer):
         missing = [k for k in COCO_COLUMNS if k not in keys]
         last = max((i for i, k in enumerate(keys) if k.startswith("metrics/")), default=len(keys) - 1)
         return keys[: last + 1] + missing + keys[last + 1 :]
+
+
+@contextmanager
+def preserved_rng():
+    """Python's, NumPy's and torch's (CPU and CUDA) random states restored on exit. Validation draws from them
+    (creating a data-loader iterator takes a seed from torch's global generator), and training after it must not
+    notice: a validated run and an unvalidated run of the same seed then see the same batches and augmentations
+    (checked in tests/test_training_methods.py)."""
+    import random
+
+    import numpy as np
+
+    states = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(states[0])
+        np.random.set_state(states[1])
+        torch.set_rng_state(states[2])
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
 
 
 class StepLR:

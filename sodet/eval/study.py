@@ -30,7 +30,8 @@ from sodet.errors import SodetError
 from sodet.eval.metrics_io import METRICS_FILE
 
 MANIFEST = "study.json"
-PROFILE_KEYS = ("data", "seeds", "epochs", "imgsz", "batch", "workers", "device", "overrides", "distill_args")
+PROFILE_KEYS = ("data", "seeds", "epochs", "imgsz", "batch", "workers", "device", "overrides", "distill_args", "test_split")
+FINAL = "test"  # a cell's folder for its scoring on the test split
 DONE, FAILED, SKIPPED, SAME, PENDING = "done", "failed", "skipped", "same run", "pending"
 
 
@@ -43,13 +44,18 @@ def study_config() -> dict:
 
 @dataclass(frozen=True)
 class Setting:
-    """One row of the matrix: extra CLI arguments, which model trains, and the setting whose run is its teacher."""
+    """One row of the matrix: extra CLI arguments, which model trains, the setting whose run is its teacher, its
+    own engine overrides and a factor on the profile's epochs (a teacher trained longer)."""
 
     name: str
     label: str
     args: tuple[str, ...]
     model: str = "student"  # or "teacher"
     teacher: str | None = None  # a distillation setting names its teacher setting
+    epochs_scale: float = 1.0
+    overrides: tuple[tuple[str, Any], ...] = ()
+    control_of: str | None = None  # the setting whose extra compute this one matches (for the report)
+    reference: str | None = None  # the reference study's row of the same treatment, where the treatment matches
 
     @property
     def command(self) -> str:
@@ -59,9 +65,15 @@ class Setting:
 def settings_from(config: dict) -> dict[str, Setting]:
     out = {}
     for name, spec in config["settings"].items():
+        unknown = set(spec) - {"label", "args", "model", "teacher", "epochs_scale", "overrides", "control_of", "reference"}
+        if unknown:
+            raise SodetError(f"cfg/study.yaml: setting {name} has unknown keys {sorted(unknown)}")
         out[name] = Setting(
             name=name, label=spec.get("label", name), args=tuple(str(a) for a in spec.get("args", [])),
             model=spec.get("model", "student"), teacher=spec.get("teacher"),
+            epochs_scale=float(spec.get("epochs_scale", 1.0)),
+            overrides=tuple((spec.get("overrides") or {}).items()), control_of=spec.get("control_of"),
+            reference=spec.get("reference"),
         )
     return out
 
@@ -84,6 +96,7 @@ class StudyOptions:
     device: str | None
     overrides: dict[str, Any]
     distill_args: list[str]
+    test_split: str | None = None  # where the final numbers come from (None: the validation split)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -138,6 +151,7 @@ class Cell:
     command: list[str]
     teacher_cell: Cell | None = None
     same_as: Cell | None = None
+    eval_command: list[str] | None = None  # the final scoring of the run's last weights on the test split
 
     @property
     def key(self) -> str:
@@ -152,13 +166,25 @@ class Cell:
     def weights(self) -> Path:
         return self.run_dir / "weights" / "best.pt"
 
-    def finished(self) -> bool:
-        """A run is finished when its final evaluation wrote metrics.json (and a teacher has its weights)."""
+    @property
+    def final_dir(self) -> Path:
+        """Where the numbers the report uses are: the test-split scoring, or the run's own final validation."""
+        return self.run_dir / FINAL if self.eval_command else self.run_dir
+
+    def trained(self) -> bool:
+        """Training finished: its final evaluation wrote metrics.json (and best.pt / last.pt exist)."""
         return (self.run_dir / METRICS_FILE).is_file()
+
+    def finished(self) -> bool:
+        """Trained and, with a test split, scored on it."""
+        return self.trained() and (self.final_dir / METRICS_FILE).is_file()
 
     def shell(self) -> str:
         """The command as a user types it (the study starts it as ``python -m sodet.cli ...``)."""
         return shlex.join(["sodet", *self.command])
+
+    def eval_shell(self) -> str | None:
+        return shlex.join(["sodet", *self.eval_command]) if self.eval_command else None
 
 
 def cell_command(
@@ -175,15 +201,28 @@ def cell_command(
     args += ["--data", opts.data]
     if opts.classes:
         args += ["--classes", opts.classes]
-    args += ["--epochs", str(opts.epochs), "--imgsz", str(opts.imgsz), "--batch", str(opts.batch), "--workers", str(opts.workers)]
+    epochs = max(1, round(opts.epochs * setting.epochs_scale))
+    args += ["--epochs", str(epochs), "--imgsz", str(opts.imgsz), "--batch", str(opts.batch), "--workers", str(opts.workers)]
     if opts.device not in (None, ""):
         args += ["--device", str(opts.device)]
     args += ["--seed", str(seed), "--project", str(out_dir.parent), "--name", out_dir.name, "--exist-ok"]
     args += list(setting.args)
     if setting.teacher:
         args += opts.distill_args
-    for key, value in opts.overrides.items():
+    for key, value in {**opts.overrides, **dict(setting.overrides)}.items():
         args += ["-o", f"{key}={value}"]
+    return args
+
+
+def eval_command(out_dir: Path, opts: StudyOptions) -> list[str] | None:
+    """``sodet val`` of the run's last weights on the test split (none without one): the final numbers come
+    from images no choice was made on; the run's classes travel in its checkpoint."""
+    if not opts.test_split:
+        return None
+    args = ["val", "--model", str(out_dir / "weights" / "last.pt"), "--data", opts.data, "--split", opts.test_split,
+            "--imgsz", str(opts.imgsz), "--batch", str(opts.batch), "--out", str(out_dir / FINAL), "--no-size-buckets"]
+    if opts.device not in (None, ""):
+        args += ["--device", str(opts.device)]
     return args
 
 
@@ -201,7 +240,7 @@ def build_cells(study_dir: Path, settings: Sequence[Setting], seeds: Sequence[in
             out_dir = study_dir / setting.name / f"seed{seed}"
             teacher = by_name.get(setting.teacher) if setting.teacher else None
             command = cell_command(setting, seed, out_dir, opts, teacher.weights if teacher else None)
-            cell = Cell(setting, seed, out_dir, command, teacher_cell=teacher)
+            cell = Cell(setting, seed, out_dir, command, teacher_cell=teacher, eval_command=eval_command(out_dir, opts))
             same_key = _without_output(command)
             cell.same_as = next((c.same_as or c for c in by_name.values() if _without_output(c.command) == same_key), None)
             by_name[setting.name] = cell
@@ -259,6 +298,34 @@ def machine() -> str:
     return f"{platform.node()}: {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPU cores{gpu}"
 
 
+def provenance() -> dict:
+    """What ran a study: sodet's git commit (and whether its tree had changes), the versions that decide the
+    numbers, the machine."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import sodet
+
+    versions = {"python": platform.python_version(), "sodet": sodet.__version__}
+    for dist in ("torch", "torchvision", "ultralytics", "pixeltable-yolox", "pycocotools", "faster-coco-eval"):
+        try:
+            versions[dist] = version(dist)
+        except PackageNotFoundError:
+            versions[dist] = None
+    source = Path(sodet.__file__).resolve().parents[1]
+    commit, dirty = None, None
+    try:
+        commit = subprocess.run(["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        if commit:
+            status = subprocess.run(["git", "-C", str(source), "status", "--porcelain"], capture_output=True, text=True,
+                                    timeout=10).stdout
+            dirty = bool(status.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"git_commit": commit or "unknown (not a git checkout)", "git_dirty": dirty, "versions": versions,
+            "machine": machine()}
+
+
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -292,21 +359,21 @@ class Study:
     cells: list[Cell]
     records: dict[str, dict] = field(default_factory=dict)
 
-    def status(self, cell: Cell) -> str:
-        return self.records.get(cell.key, {}).get("status", DONE if cell.finished() else PENDING)
-
 
 def run_study(
-    study_dir: Path, cells: list[Cell], manifest: dict, *, can_distill: bool = True, runner: Runner = run_cli,
-    echo: Callable[[str], None] = print,
+    study_dir: Path, cells: list[Cell], manifest: dict, *, runner: Runner = run_cli, echo: Callable[[str], None] = print,
 ) -> Study:
     """Run every unfinished cell in order; a failure is recorded and the rest go on; a distillation whose
-    teacher did not finish is skipped. The manifest is rewritten after each cell."""
+    teacher did not finish is skipped. A trained run not yet scored on the test split is only scored. The
+    manifest is rewritten (atomically) after each step."""
     study = Study(study_dir, cells, manifest.setdefault("cells", {}))
+    commit = (manifest.get("provenance") or {}).get("git_commit")
     for i, cell in enumerate(cells, 1):
         tag = f"[{i}/{len(cells)}] {cell.key}"
         record = study.records.setdefault(cell.key, {})
         record.update(setting=cell.setting.name, seed=cell.seed, command=cell.shell())
+        if cell.eval_command:
+            record["eval_command"] = cell.eval_shell()
         if cell.same_as is not None:
             record.update(same_as=cell.same_as.key)
             target = study.records.get(cell.same_as.key, {})
@@ -317,30 +384,45 @@ def run_study(
         elif cell.finished():
             record["status"] = DONE
             echo(f"{tag}: finished before, not re-run")
-        elif cell.teacher_cell is not None and not cell.teacher_cell.finished():
+        elif cell.teacher_cell is not None and not cell.teacher_cell.trained():
             record.update(status=SKIPPED, error=f"its teacher {cell.teacher_cell.key} did not finish")
             echo(f"{tag}: skipped, teacher {cell.teacher_cell.key} did not finish")
-        elif cell.setting.command == "distill" and not can_distill:
-            record.update(status=SKIPPED, error="this sodet has no distill command")
-            echo(f"{tag}: skipped, this sodet has no distill command")
         else:
-            if cell.dir.exists() or cell.dir.is_symlink():  # a killed run: start afresh (never half a result)
-                cell.dir.unlink() if cell.dir.is_symlink() else shutil.rmtree(cell.dir)
-            log = study_dir / "logs" / f"{cell.setting.name}-seed{cell.seed}.log"
-            echo(f"{tag}: {cell.shell()}")
-            start, started = time.perf_counter(), now()
-            code = runner(cell.command, log)
-            seconds = time.perf_counter() - start
-            ok = code == 0 and cell.finished()
-            record.update(status=DONE if ok else FAILED, returncode=code, seconds=round(seconds, 1), started=started,
-                          log=str(log.relative_to(study_dir)))
             record.pop("error", None)
-            if not ok:
-                record["error"] = last_error(log) if code != 0 else f"exit 0 but no {METRICS_FILE} in {cell.dir}"
-            echo(f"{tag}: {record['status']} in {seconds:.0f} s" + (f" ({record['error']})" if not ok else ""))
+            ok = True
+            if not cell.trained():
+                ok = _run_step(study_dir, cell, record, "train", cell.command, echo, tag, runner, commit)
+                manifest["updated"] = now()
+                write_manifest(study_dir, manifest)
+            if ok and cell.eval_command:
+                ok = _run_step(study_dir, cell, record, "eval", cell.eval_command, echo, tag, runner, commit)
+            record["status"] = DONE if ok and cell.finished() else FAILED
         manifest["updated"] = now()
         write_manifest(study_dir, manifest)
     return study
+
+
+def _run_step(study_dir: Path, cell: Cell, record: dict, step: str, command: list[str], echo, tag: str,
+              runner: Runner, commit: str | None = None) -> bool:
+    """One process of a cell (its training, or its scoring on the test split), timed and logged."""
+    if step == "train" and (cell.dir.exists() or cell.dir.is_symlink()):  # a killed run: start afresh
+        cell.dir.unlink() if cell.dir.is_symlink() else shutil.rmtree(cell.dir)
+    suffix = "" if step == "train" else f"-{step}"
+    log = study_dir / "logs" / f"{cell.setting.name}-seed{cell.seed}{suffix}.log"
+    echo(f"{tag}: {shlex.join(['sodet', *command])}")
+    start, started = time.perf_counter(), now()
+    code = runner(command, log)
+    seconds = time.perf_counter() - start
+    done = cell.trained() if step == "train" else (cell.final_dir / METRICS_FILE).is_file()
+    ok = code == 0 and done
+    key = "" if step == "train" else f"{step}_"
+    record.update({f"{key}returncode": code, f"{key}seconds": round(seconds, 1), f"{key}started": started,
+                   f"{key}ended": now(), f"{key}log": str(log.relative_to(study_dir)), f"{key}git_commit": commit})
+    if not ok:
+        what = METRICS_FILE if step == "train" else f"{FINAL}/{METRICS_FILE}"
+        record["error"] = last_error(log) if code != 0 else f"exit 0 but no {what} in {cell.dir}"
+    echo(f"{tag}: {step} {'done' if ok else 'failed'} in {seconds:.0f} s" + (f" ({record['error']})" if not ok else ""))
+    return ok
 
 
 def _link(link: Path, target: Path) -> None:
@@ -354,18 +436,12 @@ def _link(link: Path, target: Path) -> None:
         pass
 
 
-def distill_available() -> bool:
-    """Whether this sodet's CLI has ``distill`` (the study's CWD cells need it)."""
-    import sodet.cli
-
-    return any((c.name or c.callback.__name__) == "distill" for c in sodet.cli.app.registered_commands)
-
-
 def plan(
     *, student: str, teacher: str | None, student_weights: str | None, teacher_weights: str | None, data: str | None,
     classes: str | None, seeds: int | None, profile: str, only: str | None, project: str, name: str | None,
     epochs: int | None = None, imgsz: int | None = None, batch: int | None = None, workers: int | None = None,
     device: str | None = None, overrides: dict | None = None, distill_args: list[str] | None = None,
+    test_split: str | None = None,
 ) -> tuple[Path, StudyOptions, list[Setting], list[int], list[Cell], list[str]]:
     """Resolve profile and options into the study folder, its settings, seeds and cells; notes for the user."""
     config = study_config()
@@ -373,7 +449,7 @@ def plan(
     check_models(student, teacher)
     values, _ = resolve_profile(
         profile, config, data=data, seeds=seeds, epochs=epochs, imgsz=imgsz, batch=batch, workers=workers,
-        device=device, overrides=overrides, distill_args=distill_args,
+        device=device, overrides=overrides, distill_args=distill_args, test_split=test_split,
     )
     notes = []
     if only:
@@ -401,11 +477,34 @@ def plan(
         workers=int(values["workers"] or 0), device=None if values["device"] is None else str(values["device"]),
         overrides=values["overrides"], distill_args=values["distill_args"],
     )
+    opts.test_split = resolve_test_split(opts.data, values.get("test_split") or "auto")
+    notes.append(f"final numbers on the '{opts.test_split}' split" if opts.test_split else
+                 "no test split in the data: final numbers on the validation split (the report says so)")
     study_name = name or default_name(opts)
     study_dir = (Path(project) / study_name).resolve()
     seed_list = list(range(n_seeds))
     cells = build_cells(study_dir, chosen, seed_list, opts, all_settings)
     return study_dir, opts, chosen, seed_list, cells, notes
+
+
+def resolve_test_split(data: str, requested: str) -> str | None:
+    """The split the final numbers come from: ``auto`` is ``test`` where the data has one; ``none`` scores on the
+    validation split (as every run's own final validation does); a name must exist."""
+    path = Path(data)
+    if path.suffix.lower() in {".yaml", ".yml"}:
+        from ultralytics.utils import YAML
+
+        splits = {k for k in ("train", "val", "test") if YAML.load(path).get(k)}
+        has = lambda s: s in splits  # noqa: E731
+    else:
+        has = lambda s: (path / "annotations" / f"{s}.json").is_file() and (path / "images" / s).is_dir()  # noqa: E731
+    if requested in (None, "", "none"):
+        return None
+    if requested == "auto":
+        return "test" if has("test") else None
+    if not has(requested):
+        raise SodetError(f"--test-split {requested}: {data} has no such split")
+    return requested
 
 
 def check_models(*models: str | None) -> None:
@@ -469,6 +568,7 @@ def study_command(
     device: Annotated[Optional[str], typer.Option("--device", help="(default: the profile's)")] = None,
     override: Annotated[Optional[list[str]], typer.Option("--override", "-o", help="engine argument KEY=VALUE for every cell")] = None,
     distill_args: Annotated[Optional[str], typer.Option("--distill-args", help="extra options of the distill cells, e.g. '--tau 2'")] = None,
+    test_split: Annotated[Optional[str], typer.Option("--test-split", help="split of the final numbers: auto (test where the data has one), none (val), or a name")] = None,
 ) -> None:
     """The reference study's matrix (baseline, copy-paste, weighted loss, teacher, CWD I/II/III, all) for N seeds,
     with mean, 95% CI and a paired test per setting in runs/study/<name>/report.md."""
@@ -488,7 +588,7 @@ def study_command(
         student=student, teacher=teacher, student_weights=student_weights, teacher_weights=teacher_weights, data=data,
         classes=classes, seeds=seeds, profile=profile, only=only, project=project, name=name, epochs=epochs,
         imgsz=imgsz, batch=batch, workers=workers, device=device, overrides=parse_overrides(override),
-        distill_args=shlex.split(distill_args) if distill_args else None,
+        distill_args=shlex.split(distill_args) if distill_args else None, test_split=test_split,
     )
     check_overrides(opts.overrides)
     for note in notes:
@@ -501,18 +601,24 @@ def study_command(
             state = ("finished" if cell.finished() else "") if cell.same_as is None else f"same run as {cell.same_as.key}"
             print(f"# {cell.key}" + (f" ({state})" if state else ""))
             print(cell.shell())
+            if cell.eval_command and cell.same_as is None:
+                print(cell.eval_shell())
         return
     study_dir.mkdir(parents=True, exist_ok=True)
     manifest = manifest or {"created": now()}
+    invocation = {"started": now(), **provenance(),
+                  "command": shlex.join(["sodet", "study", *sys.argv[2:]]) if sys.argv[1:2] == ["study"] else None}
+    manifest.setdefault("invocations", []).append(invocation)
     manifest.update(
-        options=opts.to_dict(), machine=machine(),
+        options=opts.to_dict(), machine=invocation["machine"], provenance=invocation,
+        primary=manifest.get("primary") or study_config().get("primary", "APs"),
         settings=_merge_order(manifest.get("settings", []), [s.name for s in settings_from(study_config()).values()
                                                               if any(c.setting.name == s.name for c in cells)]),
         seeds=sorted(set(manifest.get("seeds", [])) | set(seed_list)),
         command=shlex.join(["sodet", "study", *sys.argv[2:]]) if sys.argv[1:2] == ["study"] else None,
     )
     write_manifest(study_dir, manifest)
-    run_study(study_dir, cells, manifest, can_distill=distill_available(), echo=console.print)
+    run_study(study_dir, cells, manifest, echo=console.print)
     for path in render_report(study_dir, console):
         console.print(f"wrote {path}")
 
