@@ -1,4 +1,8 @@
-"""sodet's Python API: what the CLI calls. ``train`` and ``val`` return the run folder."""
+"""sodet's Python API: what the CLI calls. ``train`` and ``val`` return the run folder.
+
+Every command resolves its model once (``sodet.models.resolve.resolve_model``) and asks the model's family for
+whatever differs between families; option values are checked once, here, before any work (``sodet.options``).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from ultralytics.utils import LOGGER, YAML
 
 from sodet.assets import DEFAULT_DATA_IMGSZ
 from sodet.errors import SodetError
-from sodet.models.registry import family_defaults, model_family
-from sodet.options import SMALL_AREA, DistillOptions, RunOptions
+from sodet.options import (
+    SMALL_AREA, DistillOptions, RunOptions, check_distill_options, check_engine_values, check_train_options,
+)
 
 
 def pick_device(device: str | None) -> str:
@@ -51,7 +56,7 @@ def train(
     ``distill`` (see ``distill()``) adds channel-wise distillation from a frozen teacher."""
     from sodet.data.spec import resolve_data
     from sodet.engine.trainer import SodetTrainer
-    from sodet.models.registry import get_entry
+    from sodet.models.resolve import resolve_model
     from sodet.offline import quiet_engine
 
     check_train_options(
@@ -68,28 +73,23 @@ def train(
         trainer.train()
         return Path(trainer.save_dir)
 
-    is_ckpt = str(model).endswith(".pt")
-    if is_ckpt:
-        saved = sodet_checkpoint(model)[2]
-        arch, classes = saved.model, classes or saved.classes
-    else:
-        arch = get_entry(model).name
-    entry = get_entry(arch)
-    if weights is None and not is_ckpt and entry.weights:
-        from sodet.assets import shipped_weights
-
-        weights = str(shipped_weights(entry.weights))
-    elif weights in {"none", "None", ""}:
-        weights = None
-    if weights:
-        from sodet.models.weights import require_weights_file
-
-        require_weights_file(weights)
-    check_family_options(entry.family, engine)
-    data_yaml = resolve_data(data, classes)
+    named = resolve_model(model, weights, fetch=False)  # options refused before any weights are fetched
+    if named.kind == "registry":
+        named.family.refuse_options(engine)
+    resolved = resolve_model(model, weights)
+    if resolved.kind == "export":
+        raise SodetError(f"{model} is an exported model: train from its .pt checkpoint or a registry name")
+    if resolved.kind == "checkpoint" and resolved.options is None:
+        raise SodetError(f"{model} is not a sodet checkpoint (train it with sodet, or pass --model NAME --weights FILE)")
+    from_checkpoint = resolved.kind == "checkpoint"
+    saved = resolved.options
+    entry, family = resolved.entry, resolved.family
+    family.refuse_options(engine)
+    data_yaml = resolve_data(data, classes or (saved.classes if from_checkpoint else None))
+    pretrained = from_checkpoint or resolved.weights is not None
     options = RunOptions(
-        model=arch,
-        weights=str(Path(weights).resolve()) if weights else None,
+        model=entry.name,
+        weights=str(resolved.weights) if resolved.weights else None,
         small_area=small_area,
         weighted_loss=weighted_loss,
         weight_form=weight_form,
@@ -100,26 +100,25 @@ def train(
         oversample_pool=oversample_pool,
         classes=YAML.load(data_yaml)["sodet_classes"],
         data=str(Path(data).resolve()) if data else None,
-        freeze_bn=freeze_bn if freeze_bn is not None or not is_ckpt else saved.freeze_bn,
+        freeze_bn=freeze_bn if freeze_bn is not None or not from_checkpoint else saved.freeze_bn,
         distill=distill,
-        # evaluated as the weights were trained: pretrained YOLOX in its own pipeline, a network trained from
-        # scratch by sodet in the engine's (centred, rect batches)
-        letterbox=saved.letterbox if is_ckpt else family_letterbox(entry.family) if weights else "center",
+        # evaluated as the weights were trained: pretrained weights in their family's own pipeline, a network
+        # trained from scratch by sodet in the engine's (centred, rect batches)
+        letterbox=saved.letterbox if from_checkpoint else family.pretrained_letterbox if pretrained else "center",
     )
     project, name = run_dir("distill" if distill else "train", engine.pop("name", None), engine.pop("project", None))
-    defaults = family_defaults(entry.family, finetune=bool(weights) or is_ckpt)
+    defaults = family.engine_defaults(finetune=pretrained)
     overrides = {
-        # a bare Ultralytics name (yolo11n) would make the engine fetch yolo11n.pt: give it the model file's name
-        "model": str(model) if is_ckpt else (f"{arch}.yaml" if entry.family == "yolo" else arch),
+        "model": resolved.source if from_checkpoint else family.engine_model_arg(entry),
         "data": str(data_yaml),
         "imgsz": engine.pop("imgsz", None) or (DEFAULT_DATA_IMGSZ if data is None else entry.imgsz),
         "project": project,
         "name": name,
-        "pretrained": is_ckpt,  # the engine drops a .pt model's weights when this is False
+        "pretrained": from_checkpoint,  # the engine drops a .pt model's weights when this is False
         **defaults,
         **{k: v for k, v in engine.items() if v is not None},
     }
-    tuned = defaults.items() - family_defaults(entry.family).items()  # what the fine-tuning block changed
+    tuned = defaults.items() - family.engine_defaults().items()  # what the fine-tuning block changed
     if tuned:
         LOGGER.info(
             "sodet: fine-tuning pretrained weights with " + ", ".join(f"{k} {overrides[k]}" for k, _ in sorted(tuned))
@@ -143,135 +142,35 @@ def distill(
     cwd_max_ratio: float = 100.0,
     **train_options: Any,
 ) -> Path:
-    """``train`` with channel-wise distillation from a frozen ``teacher``: a registry name (with ``teacher_weights``
-    or its shipped weights), or a sodet / Ultralytics checkpoint. Unset options take the student family's
+    """``train`` with channel-wise distillation from a frozen ``teacher``: a registry name (with ``teacher_weights``,
+    or the weights table's), or a sodet / Ultralytics checkpoint. Unset options take the student family's
     defaults (``cfg/defaults.yaml`` 'distill')."""
-    from sodet.models.registry import get_entry, load_yaml
+    from sodet.models.resolve import resolve_model
 
     if train_options.get("resume"):
         return train(**train_options)  # the checkpoint carries the teacher, the connectors and the options
     if not teacher:
         raise SodetError("sodet distill needs --teacher (a registry name, a sodet run's best.pt or an Ultralytics .pt)")
-    student = str(model)
-    family = model_family(sodet_checkpoint(student)[1]) if student.endswith(".pt") else get_entry(student).family
     on = distill_on or "neck"
-    check_choice("--distill-on", on, {"neck", "head"})
-    defaults = (load_yaml("defaults.yaml").get("distill") or {}).get(family) or {}
+    opts = DistillOptions(teacher=str(teacher), on=on, tau=1.0 if tau is None else tau,
+                          weight=1.0 if cwd_weight is None else cwd_weight,
+                          stop=1.0 if stop_distill is None else stop_distill, max_ratio=cwd_max_ratio)
+    check_distill_options(opts)  # the values given; the family defaults below are known to be valid
+    student = resolve_model(model, train_options.get("weights"), fetch=False)
+    family = student.family if student.kind == "registry" else resolve_model(model).family
+    defaults = family.distill_defaults()
     level = defaults.get(on) or {}
-    opts = DistillOptions(
-        teacher=resolve_teacher(teacher),
-        teacher_weights=str(Path(teacher_weights).resolve()) if teacher_weights else None,
-        on=on,
-        tau=tau if tau is not None else level.get("tau", 1.0),
-        weight=cwd_weight if cwd_weight is not None else level.get("weight", 1.0),
-        stop=stop_distill if stop_distill is not None else defaults.get("stop", 1.0),
-        max_ratio=cwd_max_ratio,
-    )
-    check_distill_options(opts)
+    opts.tau = tau if tau is not None else level.get("tau", 1.0)
+    opts.weight = cwd_weight if cwd_weight is not None else level.get("weight", 1.0)
+    opts.stop = stop_distill if stop_distill is not None else defaults.get("stop", 1.0)
+    resolved = resolve_model(teacher, teacher_weights)  # a missing file or a failed download: one line, now
+    if resolved.kind == "export":
+        raise SodetError(f"teacher {teacher}: an exported model cannot teach (its features are not reachable); pass its .pt")
+    if resolved.kind == "registry" and resolved.weights is None:
+        raise SodetError(f"teacher {teacher} has no weights: pass --teacher-weights FILE (a random teacher teaches nothing)")
+    opts.teacher = resolved.source  # a checkpoint's absolute path (rebuilt from there on resume and in DDP workers)
+    opts.teacher_weights = str(resolved.weights) if resolved.weights else None
     return train(model=model, distill=opts, **train_options)
-
-
-def resolve_teacher(teacher: str) -> str:
-    """A checkpoint path made absolute (it is rebuilt from there on resume and in multi-GPU workers), or a
-    registry name, checked now: a missing file is one line before any work."""
-    from sodet.models.registry import get_entry
-    from sodet.models.weights import require_weights_file
-
-    if str(teacher).endswith(".pt"):
-        return str(require_weights_file(teacher).resolve())
-    return get_entry(teacher).name
-
-
-def check_distill_options(opts: DistillOptions) -> None:
-    for name, v in {"--tau": opts.tau, "--cwd-weight": opts.weight}.items():
-        if not (isinstance(v, (int, float)) and v > 0 and v == v and v != float("inf")):
-            raise SodetError(f"{name} must be a number above 0, got {v!r}")
-    if not 0 < opts.stop <= 1:
-        raise SodetError(f"--stop-distill must be in (0, 1] (the fraction of the epochs with distillation on), got {opts.stop!r}")
-    if not opts.max_ratio >= 0:
-        raise SodetError(f"--cwd-max-ratio must be 0 (off) or above, got {opts.max_ratio!r}")
-    if opts.teacher_weights:
-        from sodet.models.weights import require_weights_file
-
-        require_weights_file(opts.teacher_weights)
-
-
-# engine options that sodet's runs do not honour, and what to use instead (refused rather than silently dropped)
-NOT_HONOURED = {
-    "model": "--model", "data": "--data", "classes": "--classes (class names)", "pretrained": "--weights",
-    "copy_paste": "--copy-paste (sodet's small-object copy-paste)", "single_cls": "a data set with one class",
-}
-NOT_HONOURED_YOLOX = {  # engine options that act on the engine's own models only
-    "box": "its loss weights are YOLOX's own (5 x IoU + obj + cls)", "cls": "its loss weights are YOLOX's own",
-    "dfl": "YOLOX has no DFL term", "freeze": "the engine freezes 'model.N' layers, YOLOX has backbone/head",
-}
-
-
-def check_train_options(
-    small_area: float, weighted_loss: float | None, weight_form: str, oversample: float, paste_copies: int,
-    oversample_pool: str = "small", **engine: Any,
-) -> None:
-    """One line for any invalid value, before any work is done."""
-    positive = {"--small-area": small_area, "--oversample": oversample}
-    if not isinstance(paste_copies, (int, float)) or isinstance(paste_copies, bool) or not paste_copies >= 0:
-        raise SodetError(f"--paste-copies must be 0 (oversampling without pasting) or more, got {paste_copies!r}")
-    check_choice("--oversample-pool", oversample_pool, {"small", "all"})
-    if weighted_loss is not None:
-        positive["--weighted-loss"] = weighted_loss
-    for key in ("epochs", "imgsz", "patience"):
-        if engine.get(key) is not None:
-            positive[f"--{key}"] = engine[key]
-    for name, v in positive.items():
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not v > 0:
-            raise SodetError(f"{name} must be a number above 0, got {v!r}")
-    if not float(paste_copies).is_integer():
-        raise SodetError(f"--paste-copies must be a whole number, got {paste_copies!r}")
-    batch = engine.get("batch")
-    if batch is not None and not (isinstance(batch, (int, float)) and (batch >= 1 or batch == -1 or 0 < batch < 1)):
-        raise SodetError(f"--batch must be at least 1 (or -1 / a GPU-memory fraction for the engine's auto batch), got {batch!r}")
-    workers = engine.get("workers")
-    if workers is not None and not (isinstance(workers, int) and workers >= 0):
-        raise SodetError(f"--workers must be 0 or more, got {workers!r}")
-    check_choice("--weight-form", weight_form, {"study", "scale"})
-    check_engine_keys(engine)
-
-
-SODET_OWN = ("weights", "resume", "small_area", "weighted_loss", "copy_paste", "oversample", "freeze_bn")
-
-
-def refuse_sodet_own(engine: dict) -> None:
-    """sodet's own options given as engine options (``-o weights=...``) are refused, naming the flag to use."""
-    for key in SODET_OWN:
-        if key in engine:
-            raise SodetError(f"-o {key}=... is sodet's own option: use --{key.replace('_', '-')}")
-
-
-def check_engine_keys(engine: dict) -> None:
-    """Engine options that sodet's runs would not honour, and sodet's own options given as engine options, are
-    refused, naming what to use instead."""
-    refuse_sodet_own(engine)
-    for key, use in NOT_HONOURED.items():
-        if key in engine and engine[key] not in (None, False, 0.0):
-            raise SodetError(f"-o {key}=... is not used by sodet runs: use {use}")
-
-
-NOT_HONOURED_GFL = {  # the same for GFL
-    "box": "its loss weights are GFL's own (QFL + 2 x GIoU + 0.25 x DFL)", "cls": "its loss weights are GFL's own",
-    "dfl": "its DFL weight is GFL's own (0.25)", "freeze": "GFL freezes its stem and layer1, as MMDetection does",
-}
-
-
-def check_family_options(family: str, engine: dict) -> None:
-    """Engine options that only act on the engine's own models are refused for YOLOX and GFL."""
-    refused = {"yolox": ("YOLOX", NOT_HONOURED_YOLOX), "gfl": ("GFL", NOT_HONOURED_GFL)}.get(family)
-    given = sorted(set(refused[1]) & {k for k, v in engine.items() if v is not None}) if refused else []
-    if given:
-        raise SodetError(f"-o {given[0]}=... does not apply to {refused[0]}: {refused[1][given[0]]}")
-
-
-def check_choice(what: str, value: str, allowed: set[str]) -> None:
-    if value not in allowed:
-        raise SodetError(f"{what} must be one of {sorted(allowed)}, not '{value}'")
 
 
 def save_run_options(save_dir: Path, options: RunOptions) -> None:
@@ -280,20 +179,11 @@ def save_run_options(save_dir: Path, options: RunOptions) -> None:
         YAML.save(save_dir / "sodet.yaml", options.to_dict())
 
 
-def sodet_checkpoint(path: str | Path):
-    """(checkpoint dict, its model, the sodet options the model carries), read once."""
-    from sodet.models.weights import checkpoint_model, read_checkpoint
-
-    ckpt = read_checkpoint(path)
-    model = checkpoint_model(ckpt)
-    opts = getattr(model, "sodet", None)
-    if opts is None:
-        raise SodetError(f"{path} is not a sodet checkpoint (train it with sodet, or pass --model NAME --weights FILE)")
-    return ckpt, model, opts
-
-
 def resume_checkpoint(resume: str | bool, project: str | None, name: str | None) -> Path:
-    """``--resume``: a last.pt, a run folder, or the named run (default runs/train/exp)."""
+    """``--resume``: a last.pt, a run folder, or the named run (default runs/train/exp); read now, so that an
+    unreadable file is named as such (the engine would call it 'not found')."""
+    from sodet.models.weights import read_checkpoint
+
     if isinstance(resume, str) and resume not in {"True", "true", "1"}:
         p = Path(resume)
     else:
@@ -301,6 +191,7 @@ def resume_checkpoint(resume: str | bool, project: str | None, name: str | None)
     last = p / "weights" / "last.pt" if p.is_dir() else p
     if not last.is_file():
         raise SodetError(f"nothing to resume: {last} not found (pass --resume path/to/last.pt)")
+    read_checkpoint(last)
     return last.resolve()
 
 
@@ -320,48 +211,36 @@ def val(
     **engine: Any,
 ) -> tuple[Path, dict]:
     """Validate a checkpoint, an exported model or a registered model; returns (output folder, the COCO metrics).
-    With ``slice``, every image is also run as SAHI tiles and merged (sodet.engine.slicing)."""
+    A model of more classes than the data is scored on the data's classes, picked by name. With ``slice``, every
+    image is also run as SAHI tiles and merged (sodet.engine.slicing)."""
     from sodet.data.spec import resolve_data
-    from sodet.engine.build import build_model
     from sodet.engine.slicing import Slicer
     from sodet.engine.validator import SodetValidator
-    from sodet.models.registry import get_entry
     from sodet.offline import quiet_engine
 
     slicer = Slicer.from_options(slice, slice_overlap, slice_merge, slice_match, slice_threshold)
+    check_engine_values(engine)
     quiet_engine()
     device = pick_device(engine.pop("device", None))
-    imgsz = engine.pop("imgsz", None)
-    meta = None  # an exported model's metadata
-    if str(model).endswith(".pt") or is_exported(model):
-        net, options, default_imgsz = inference_model(model)
-        if not isinstance(net, torch.nn.Module):  # an exported model: the engine's AutoBackend loads the file
-            meta, net = exported_metadata(model), None
-        model_names = net.names if net is not None else meta.get("names") or {}
-        names = [model_names[i] for i in range(len(model_names))]
-        data_yaml = resolve_data(data or options.data, classes or names, splits=(split,))
-        data_names = YAML.load(data_yaml)["sodet_classes"]
-        if data_names != names:
-            what = "checkpoint" if net is not None else "model"
-            raise SodetError(f"{what} classes {names} do not match the data classes {data_names}")
-        imgsz = imgsz or default_imgsz
-        source = str(Path(model).resolve())
-    else:
-        entry = get_entry(model)
-        if weights is None and entry.weights:
-            from sodet.assets import shipped_weights
-
-            weights = str(shipped_weights(entry.weights))
-        data_yaml = resolve_data(data, classes, splits=(split,))
+    net, resolved = inference_model(model, weights)
+    options = resolved.options
+    names = resolved.names if resolved.kind != "registry" else None
+    data_yaml = resolve_data(data or (options.data if options else None), classes or names, splits=(split,))
+    data_names = YAML.load(data_yaml)["sodet_classes"]
+    class_rows = None
+    if resolved.kind == "registry":
         d = YAML.load(data_yaml)
-        options = RunOptions(
-            model=entry.name, weights=weights, classes=d["sodet_classes"], data=data,
-            letterbox=family_letterbox(entry.family),
-        )
-        net = build_model(options, len(d["names"]), d["names"])
-        imgsz = imgsz or entry.imgsz
-        source = entry.name
-    family = (model_family(net) or "yolo") if net is not None else model_family_name(options.model)
+        options = RunOptions(model=resolved.entry.name, weights=str(resolved.weights) if resolved.weights else None,
+                             classes=data_names, data=data, letterbox=resolved.family.pretrained_letterbox)
+        net = build_registry_model(options, d["names"])
+    elif data_names != names:
+        absent = [n for n in data_names if n not in names]
+        if absent:
+            what = "checkpoint" if resolved.kind == "checkpoint" else "model"
+            raise SodetError(f"{what} classes {names} do not hold the data classes {absent} (it has: {', '.join(names[:10])}"
+                             f"{' ...' if len(names) > 10 else ''})")
+        class_rows = [names.index(n) for n in data_names]
+    family = resolved.family if resolved.kind != "export" else family_named(options.model if options else None)
     if out:
         save_dir = Path(out)
     else:
@@ -371,98 +250,59 @@ def val(
         save_dir = increment_path(Path(project) / name)
     save_dir.mkdir(parents=True, exist_ok=True)
     args = {
-        "model": source,
+        "model": resolved.source,
         "data": str(data_yaml),
         "split": split,
-        "imgsz": imgsz,
+        "imgsz": engine.pop("imgsz", None) or resolved.default_imgsz,
         "device": device,
         "conf": 0.001,
-        "iou": family_defaults(family).get("iou", 0.7),
+        "iou": (family.engine_defaults() if family else {}).get("iou", 0.7),
         "plots": False,
         "save_json": True,
         "mode": "val",
         **{k: v for k, v in engine.items() if v is not None},
     }
-    validator = SodetValidator(save_dir=save_dir, args=args, options=options, size_buckets=size_buckets, slicer=slicer)
-    if meta is not None:  # an exported model: rect batches only when it takes any input size
-        validator.fixed_size = not (meta.get("args") or {}).get("dynamic", False)
-    validator(model=net)
+    validator = SodetValidator(save_dir=save_dir, args=args, options=options or RunOptions(), size_buckets=size_buckets,
+                               slicer=slicer, class_rows=class_rows)
+    if resolved.kind == "export":  # rect batches only when it takes any input size
+        validator.fixed_size = not (resolved.metadata.get("args") or {}).get("dynamic", False)
+    validator(model=net if isinstance(net, torch.nn.Module) else None)
     return save_dir, validator.coco_metrics or {}
 
 
-def family_letterbox(family: str) -> str:
-    """Evaluation padding of pretrained weights: YOLOX's own pipeline (square, bottom/right: how its weights were
-    trained and how its papers evaluate) for YOLOX, the engine's (centred, rect batches) for the others."""
-    return "top-left" if family == "yolox" else "center"
+def family_named(arch: str | None):
+    """The family of a registry architecture name (an exported model's metadata names it), or None."""
+    from sodet.models.registry import get_entry, get_family
+
+    try:
+        return get_family(get_entry(arch).family) if arch else None
+    except SodetError:
+        return None
+
+
+def build_registry_model(options: RunOptions, names: dict):
+    from sodet.engine.build import build_model
+
+    return build_model(options, len(names), dict(names)).float().eval()
 
 
 # inference: predict, export ------------------------------------------------------------------------------------
-EXPORTED_SUFFIXES = {".onnx", ".torchscript", ".engine", ".tflite", ".mlpackage"}
-
-
-def is_exported(model: str | Path) -> bool:
-    p = Path(str(model))
-    return p.suffix.lower() in EXPORTED_SUFFIXES or p.name.endswith(("_openvino_model", "_saved_model", "_ncnn_model"))
-
-
-def exported_metadata(path: str | Path) -> dict:
-    """The metadata an exported model carries (class names, imgsz, stride, sodet's letterbox), read without
-    loading it."""
-    import ast
-
-    from ultralytics.nn.backends.base import BaseBackend
-
-    p = Path(path)
-    if not p.exists():
-        raise SodetError(f"model file not found: {p}")
-    meta = dict(BaseBackend.read_metadata(p) or {})
-    for k in ("names", "imgsz", "sodet", "args"):
-        if isinstance(meta.get(k), str):
-            try:
-                meta[k] = ast.literal_eval(meta[k])
-            except (ValueError, SyntaxError):
-                pass
-    return meta
-
-
 def inference_model(model: str, weights: str | None = None):
-    """What the engine's AutoBackend runs for ``--model``: (an nn.Module or an exported file, its RunOptions,
-    default imgsz). A sodet checkpoint, an exported model (.onnx, .torchscript ...) or a registry name (with its
-    shipped weights, or ``weights``)."""
-    from sodet.engine.build import build_model
-    from sodet.models.registry import get_entry
+    """What the engine's AutoBackend runs for ``--model``: (an nn.Module, or the exported file's path for the
+    engine to load, and what the model resolved to). A registry model is built with its weights' classes."""
+    from sodet.models.resolve import resolve_model
 
-    m = str(model)
-    if m.endswith(".pt"):
-        ckpt, net, options = sodet_checkpoint(m)
-        return net.float().eval(), options, (ckpt.get("train_args") or {}).get("imgsz")
-    if is_exported(m):
-        meta = exported_metadata(m)
-        options = RunOptions.from_dict(meta.get("sodet") or {}) if isinstance(meta.get("sodet"), dict) else RunOptions()
-        imgsz = meta.get("imgsz")
-        return m, options, max(imgsz) if isinstance(imgsz, (list, tuple)) else imgsz
-    entry = get_entry(m)
-    if weights is None and entry.weights:
-        from sodet.assets import shipped_weights
-
-        weights = str(shipped_weights(entry.weights))
-    names = weights_names(weights)
-    options = RunOptions(model=entry.name, weights=weights, classes=names, letterbox=family_letterbox(entry.family))
-    net = build_model(options, len(names), dict(enumerate(names)))
-    return net.float().eval(), options, entry.imgsz
-
-
-def weights_names(weights: str | None) -> list[str]:
-    """Class names of a weights file: an engine checkpoint's own, else COCO's 80 (official YOLOX weights, and
-    the registry's models without weights)."""
-    from sodet.models.weights import checkpoint_model, coco80_names, read_checkpoint
-
-    if weights:
-        src = checkpoint_model(read_checkpoint(weights))
-        names = getattr(src, "names", None)
-        if isinstance(src, torch.nn.Module) and names:
-            return [names[i] for i in range(len(names))]
-    return list(coco80_names())
+    resolved = resolve_model(model, weights)
+    if resolved.kind == "checkpoint":
+        if resolved.options is None and resolved.family is None:
+            raise SodetError(f"{model} is not a sodet or Ultralytics checkpoint")
+        return resolved.module.float().eval(), resolved
+    if resolved.kind == "export":
+        return resolved.source, resolved
+    names = resolved.names
+    options = RunOptions(model=resolved.entry.name, weights=str(resolved.weights) if resolved.weights else None,
+                         classes=names, letterbox=resolved.family.pretrained_letterbox)
+    return build_registry_model(options, dict(enumerate(names))), resolved
 
 
 def class_indices(classes: list[str] | None, names: dict) -> list[int] | None:
@@ -506,18 +346,19 @@ def predict(
     if source is None or str(source).strip() == "":
         raise SodetError("no source given: pass --source IMAGE|FOLDER|GLOB|VIDEO|WEBCAM-INDEX")
     slicer = Slicer.from_options(slice, slice_overlap, slice_merge, slice_match, slice_threshold)
+    check_engine_values(engine)
     quiet_engine()
-    net, options, imgsz = inference_model(model, weights)
-    names = net.names if isinstance(net, torch.nn.Module) else exported_metadata(net).get("names") or {}
-    names = dict(enumerate(names)) if isinstance(names, list) else names
+    net, resolved = inference_model(model, weights)
+    names = dict(enumerate(resolved.names))
+    family = resolved.family if resolved.kind != "export" else family_named(resolved.options.model if resolved.options else None)
     project, name = run_dir("predict", engine.pop("name", None), engine.pop("project", None))
     overrides = {
         "mode": "predict",
-        "model": str(model) if not isinstance(net, torch.nn.Module) else None,
-        "imgsz": engine.pop("imgsz", None) or imgsz or 640,
+        "model": resolved.source if not isinstance(net, torch.nn.Module) else None,
+        "imgsz": engine.pop("imgsz", None) or resolved.default_imgsz or 640,
         "device": pick_device(engine.pop("device", None)),
         "conf": 0.25,
-        "iou": family_defaults(options.model and model_family_name(options.model)).get("iou", 0.7),
+        "iou": (family.engine_defaults() if family else {}).get("iou", 0.7),
         "classes": class_indices(classes, names),
         "project": project,
         "name": name,
@@ -529,15 +370,6 @@ def predict(
     predictor = SodetPredictor(overrides=overrides, slicer=slicer, progress=progress, save_json=save_json)
     results = predictor(source=source, model=net, stream=stream)
     return Path(predictor.save_dir), results
-
-
-def model_family_name(arch: str) -> str:
-    from sodet.models.registry import get_entry
-
-    try:
-        return get_entry(arch).family
-    except SodetError:
-        return "yolo"
 
 
 def export(
@@ -560,26 +392,28 @@ def export(
     formats = {a: f for a, f in zip(export_formats()["Argument"], export_formats()["Format"]) if a != "-"}
     if format not in formats:
         raise SodetError(f"--format must be one of {', '.join(formats)}, not '{format}'")
+    check_engine_values({"imgsz": imgsz})
     quiet_engine()
-    net, options, default_imgsz = inference_model(model, weights)
+    net, resolved = inference_model(model, weights)
     if not isinstance(net, torch.nn.Module):
         raise SodetError(f"{model} is already an exported model: export its .pt checkpoint")
-    family = model_family(net) or "yolo"
+    family = resolved.family
+    options = resolved.options or getattr(net, "sodet", None) or RunOptions()
     net = copy.deepcopy(net)
-    if str(model).endswith(".pt"):
-        target = Path(out) if out else Path(model).resolve()
+    if resolved.kind == "checkpoint":
+        target = Path(out) if out else Path(resolved.source)
     else:
-        target = Path(out) if out else Path(run_dir("export", None, None)[0]) / f"{options.model}.pt"
+        target = Path(out) if out else Path(run_dir("export", None, None)[0]) / f"{resolved.entry.name}.pt"
     target.parent.mkdir(parents=True, exist_ok=True)
     net.pt_path = str(target.with_suffix(".pt"))  # the engine names its output after this file
     if isinstance(getattr(net, "args", None), dict):  # the exporter's description reads args["data"]
         net.args = {**net.args, "data": net.args.get("data") or options.data or ""}
     args = {
-        "format": format, "imgsz": imgsz or default_imgsz or 640, "device": pick_device(engine.pop("device", None)),
+        "format": format, "imgsz": imgsz or resolved.default_imgsz or 640, "device": pick_device(engine.pop("device", None)),
         "dynamic": dynamic if format in {"onnx", "openvino", "engine"} else engine.pop("dynamic", False), **engine,
     }
     exporter = Exporter(overrides=args)
-    exporter.add_callback("on_export_start", lambda e: e.metadata.update(sodet=options.to_dict(), family=family))
+    exporter.add_callback("on_export_start", lambda e: e.metadata.update(sodet=options.to_dict(), family=family.name))
     try:
         f = exporter(model=net)
     except (ImportError, ModuleNotFoundError) as e:
@@ -588,7 +422,7 @@ def export(
         raise
     except Exception as e:  # noqa: BLE001
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SodetError(f"format {format} does not work for {family} models: {type(e).__name__}: {msg}") from None
+        raise SodetError(f"format {format} does not work for {family.display} models: {type(e).__name__}: {msg}") from None
     if not f:
-        raise SodetError(f"format {format} does not work for {family} models (the engine's exporter produced nothing)")
+        raise SodetError(f"format {format} does not work for {family.display} models (the engine's exporter produced nothing)")
     return Path(f)

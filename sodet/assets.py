@@ -25,6 +25,16 @@ def resource_dir(name: str) -> Path:
         return checkout / name
 
 
+def load_cfg(name: str) -> dict:
+    """One of sodet's data files in ``cfg/`` (models, weights, defaults, the study matrix), parsed."""
+    import yaml
+
+    path = resource_dir("cfg") / name
+    if not path.is_file():
+        raise SodetError(f"configuration file missing: {path} (reinstall sodet)")
+    return yaml.safe_load(path.read_text()) or {}
+
+
 def embedded_data(name: str) -> Path:
     """An embedded dataset (``datasets/<name>`` in the repository)."""
     p = resource_dir("datasets") / name

@@ -1,6 +1,8 @@
-"""Switch off the engine's network touch points, so a run never downloads or hangs offline.
+"""Switch off the engine's network touch points, so a run never probes, downloads or hangs offline.
 
 Imported by ``sodet/__init__`` before anything imports ultralytics: its environment switches are read at import.
+sodet's own downloads (weights by name, ``sodet.hub``) are the only network access, and the user's
+``SODET_OFFLINE=1`` or ``YOLO_OFFLINE=1`` stops them too.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 
+USER_YOLO_OFFLINE = os.environ.get("YOLO_OFFLINE")  # the user's own setting: it also stops sodet's weights downloads
 os.environ.setdefault("YOLO_OFFLINE", "1")  # is_online() -> False: no probes, no hub calls
 os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # check_requirements never pip-installs
 

@@ -1,17 +1,24 @@
-"""sodet's own run options.
+"""sodet's own run options, and the rules for the engine's options that sodet runs accept.
 
 The engine's ``get_cfg`` rejects unknown keys, so sodet's options cannot travel in ``args``. They live in a
 ``RunOptions`` object attached to the model as ``model.sodet``: the EMA copy, every checkpoint, the multi-GPU
 launcher's pickled model and a resumed run all carry it with the weights.
+
+Every option value is checked here, once, at the API boundary (``check_train_options``, ``check_distill_options``);
+the code that uses an option trusts it.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import math
+from dataclasses import asdict, dataclass
 from typing import Any
+
+from sodet.errors import SodetError
 
 SMALL_AREA = 32 * 32  # COCO's "small": area below 32x32 pixels
 MEDIUM_AREA = 96 * 96  # COCO's "medium": below 96x96 pixels (and not small); "large" above
+WEIGHT_FORMS = ("study", "scale")  # 1 - W*s ; W*(1 - s)
 
 
 @dataclass
@@ -19,7 +26,7 @@ class DistillOptions:
     """Channel-wise distillation from a frozen teacher (``sodet distill``); stored in ``RunOptions.distill``."""
 
     teacher: str = ""  # registry name, or a sodet / Ultralytics checkpoint (absolute path)
-    teacher_weights: str | None = None  # weights file for a registry-name teacher (its shipped weights otherwise)
+    teacher_weights: str | None = None  # the teacher's weights file (a registry teacher's from the weights table)
     on: str = "neck"  # "neck": the neck / FPN outputs; "head": the class logits of every level
     tau: float = 1.0  # softmax temperature of CWD
     weight: float = 1.0  # CWD loss weight per level
@@ -32,22 +39,21 @@ class RunOptions:
     """What sodet adds to an engine run; stored on the model as ``model.sodet``."""
 
     model: str = "yolox-nano"  # registry name of the architecture
-    weights: str | None = None  # initial weights (official YOLOX .pth or Ultralytics .pt)
+    weights: str | None = None  # initial weights file (resolved: a table file is its cached path)
     small_area: float = SMALL_AREA  # below this area a target/object counts as small
     weighted_loss: float | None = None  # W of the small-object weighted box loss (None: off)
     weight_form: str = "study"  # "study": 1 - W*IoU^2 ; "scale": W*(1 - IoU^2)
     copy_paste: bool = False  # copy-paste oversampling of images with small objects
     oversample: float = 1.0  # extra appearances per epoch of each image holding small objects
     paste_copies: int = 1  # pastes of each small object in an extra appearance (0: oversampling alone)
+    paste_jitter: bool = False  # scale +-20 %, rotation +-15 deg on pasted objects
     oversample_pool: str = "small"  # "small": the extra appearances are of images holding small objects; "all":
     # the same NUMBER of extra appearances drawn from every image (the compute-matched control of copy-paste)
-    paste_jitter: bool = False  # scale +-20 %, rotation +-15 deg on pasted objects
     freeze_bn: bool | None = None  # BatchNorm in eval mode with frozen affine (None: sodet decides, see trainer)
     letterbox: str = "center"  # evaluation padding: "center" (the engine's, as sodet trains) or "top-left"
     # (YOLOX's own pipeline, for official YOLOX weights evaluated as they were trained)
     classes: list[str] | None = None  # class names selected from the data
     data: str | None = None  # the data the user named (COCO folder or YAML)
-    gt_json: dict[str, str] = field(default_factory=dict)  # split -> COCO ground-truth json (original coordinates)
     distill: DistillOptions | None = None  # set by ``sodet distill``
 
     def to_dict(self) -> dict[str, Any]:
@@ -61,9 +67,124 @@ class RunOptions:
         return cls(**known)
 
 
-def options_of(model) -> RunOptions:
-    """The RunOptions a (possibly wrapped) model carries, or defaults."""
-    from ultralytics.utils.torch_utils import unwrap_model
+# checks ------------------------------------------------------------------------------------------------------
+def check_choice(what: str, value: str, allowed) -> None:
+    if value not in allowed:
+        raise SodetError(f"{what} must be one of {sorted(allowed)}, not '{value}'")
 
-    m = unwrap_model(model)
-    return getattr(m, "sodet", None) or RunOptions()
+
+def is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def check_positive(name: str, v: Any) -> None:
+    if not (is_number(v) and v > 0):
+        raise SodetError(f"{name} must be a number above 0, got {v!r}")
+
+
+def check_train_options(
+    small_area: float = SMALL_AREA, weighted_loss: float | None = None, weight_form: str = "study",
+    oversample: float = 1.0, paste_copies: int = 1, oversample_pool: str = "small", **engine: Any,
+) -> None:
+    """One line for any invalid value, before any work is done."""
+    check_positive("--small-area", small_area)
+    check_positive("--oversample", oversample)
+    if weighted_loss is not None:
+        check_positive("--weighted-loss", weighted_loss)
+    if not (is_number(paste_copies) and paste_copies >= 0):
+        raise SodetError(f"--paste-copies must be 0 (oversampling without pasting) or more, got {paste_copies!r}")
+    if not float(paste_copies).is_integer():
+        raise SodetError(f"--paste-copies must be a whole number, got {paste_copies!r}")
+    check_choice("--weight-form", weight_form, WEIGHT_FORMS)
+    check_choice("--oversample-pool", oversample_pool, {"small", "all"})
+    check_engine_values(engine)
+    check_engine_keys(engine)
+
+
+def check_engine_values(engine: dict) -> None:
+    """The engine options sodet's commands name themselves (``--epochs --imgsz --batch --workers``)."""
+    for key in ("epochs", "patience"):
+        if engine.get(key) is not None:
+            check_positive(f"--{key}", engine[key])
+    if engine.get("imgsz") is not None:
+        check_imgsz(engine["imgsz"])
+    batch = engine.get("batch")
+    if batch is not None and not (is_number(batch) and (batch >= 1 or batch == -1 or 0 < batch < 1)):
+        raise SodetError(f"--batch must be at least 1 (or -1 / a GPU-memory fraction for the engine's auto batch), got {batch!r}")
+    workers = engine.get("workers")
+    if workers is not None and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
+        raise SodetError(f"--workers must be 0 or more, got {workers!r}")
+
+
+MIN_IMGSZ = 32  # one cell of the coarsest stride of YOLOX / Ultralytics YOLO; GFL needs 128 (its P7)
+
+
+def check_imgsz(imgsz: Any, min_size: int = MIN_IMGSZ) -> None:
+    """A size the model can see anything at: a whole number of at least ``min_size`` pixels (the engine rounds
+    a valid size up to a multiple of the model's largest stride and says so)."""
+    sizes = list(imgsz) if isinstance(imgsz, (list, tuple)) else [imgsz]
+    if not sizes or not all(is_number(s) and float(s).is_integer() for s in sizes):
+        raise SodetError(f"--imgsz must be a whole number of pixels, got {imgsz!r}")
+    if min(sizes) < min_size:
+        raise SodetError(f"--imgsz must be at least {min_size} pixels, got {imgsz!r}")
+
+
+def check_distill_options(opts: DistillOptions) -> None:
+    for name, v in {"--tau": opts.tau, "--cwd-weight": opts.weight}.items():
+        check_positive(name, v)
+    if not (is_number(opts.stop) and 0 < opts.stop <= 1):
+        raise SodetError(f"--stop-distill must be in (0, 1] (the fraction of the epochs with distillation on), got {opts.stop!r}")
+    if not (is_number(opts.max_ratio) and opts.max_ratio >= 0):
+        raise SodetError(f"--cwd-max-ratio must be 0 (off) or above, got {opts.max_ratio!r}")
+    check_choice("--distill-on", opts.on, {"neck", "head"})
+
+
+# engine options ----------------------------------------------------------------------------------------------
+# engine options that sodet's runs do not honour, and what to use instead (refused rather than silently dropped)
+NOT_HONOURED = {
+    "model": "--model", "data": "--data", "classes": "--classes (class names)", "pretrained": "--weights",
+    "copy_paste": "--copy-paste (sodet's small-object copy-paste)", "single_cls": "a data set with one class",
+}
+SODET_OWN = ("weights", "resume", "small_area", "weighted_loss", "copy_paste", "oversample", "freeze_bn")
+
+
+def parse_overrides(items: list[str] | None) -> dict:
+    """``-o key=value`` pairs for any other engine argument, values parsed as the engine's own CLI parses them
+    (``name=no`` stays a string); unknown keys and bad types are refused by the engine's argument check."""
+    from ultralytics.cfg import smart_value
+
+    out = {}
+    for item in items or []:
+        k, sep, v = item.partition("=")
+        if not sep or not k.strip():
+            raise SodetError(f"override '{item}' is not KEY=VALUE")
+        if not v.strip():
+            raise SodetError(f"override '{item}' has no value")
+        out[k.strip()] = smart_value(v.strip())
+    return out
+
+
+def refuse_sodet_own(engine: dict) -> None:
+    """sodet's own options given as engine options (``-o weights=...``) are refused, naming the flag to use."""
+    for key in SODET_OWN:
+        if key in engine:
+            raise SodetError(f"-o {key}=... is sodet's own option: use --{key.replace('_', '-')}")
+
+
+def check_engine_keys(engine: dict) -> None:
+    """Engine options that sodet's runs would not honour, and sodet's own options given as engine options, are
+    refused, naming what to use instead."""
+    refuse_sodet_own(engine)
+    for key, use in NOT_HONOURED.items():
+        if key in engine and engine[key] not in (None, False, 0.0):
+            raise SodetError(f"-o {key}=... is not used by sodet runs: use {use}")
+
+
+def check_known_engine_keys(engine: dict) -> None:
+    """Keys the engine knows (what a study checks once instead of failing in every cell)."""
+    from ultralytics.cfg import DEFAULT_CFG_DICT
+
+    check_engine_keys(engine)
+    unknown = sorted(k for k in engine if k not in DEFAULT_CFG_DICT)
+    if unknown:
+        raise SodetError(f"-o {unknown[0]}=...: not an engine argument")

@@ -13,7 +13,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from sodet.data.cli import data_app
+from sodet.cli.data import data_app
 from sodet.data.oversample import oversample_coco
 from sodet.data.stats import dataset_stats
 from sodet.errors import SodetError

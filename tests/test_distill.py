@@ -120,11 +120,13 @@ def test_guard_stops_on_nan_and_on_a_runaway_ratio():
 
 def test_pairing_refused_before_training(tmp_path):
     other = teacher_file(tmp_path, "yolox-tiny", names={0: "person", 1: "bicycle"})
-    with pytest.raises(SodetError, match="--distill-on head needs the same classes"):
+    with pytest.raises(SodetError, match="--distill-on head: the teacher has no class car"):
         build_distiller(student(other, on="head"), imgsz=160)
     build_distiller(student(other, on="neck"), imgsz=160)  # the neck does not care about classes
     with pytest.raises(SodetError, match="no weights"):
-        build_distiller(student("yolox-s"), imgsz=160)  # a registry teacher without weights teaches nothing
+        build_distiller(student("yolox-s", teacher_weights="none"), imgsz=160)  # a random teacher teaches nothing
+    with pytest.raises(SodetError, match="yolox_s.pth are not cached and downloads are off"):
+        build_distiller(student("yolox-s"), imgsz=160)  # its table weights, offline: what to fetch, where
     s = student(teacher_file(tmp_path))
     teacher = build_distiller(s, imgsz=160).teacher
     teacher.stride = torch.tensor([64.0, 128.0, 256.0])
@@ -133,6 +135,24 @@ def test_pairing_refused_before_training(tmp_path):
     teacher.stride = torch.tensor([16.0, 32.0, 64.0])  # claims strides its maps do not have
     with pytest.raises(SodetError, match="stride-16 map is"):
         CwdDistiller(s, teacher, imgsz=160)
+
+
+def test_head_distillation_takes_the_teachers_rows_of_the_students_classes(tmp_path):
+    """An 80-class COCO teacher onto a (person, car) student: the teacher's logits of rows 0 and 2, by name."""
+    from sodet.models.weights import coco80_names
+
+    coco = teacher_file(tmp_path, "yolox-tiny", names=dict(enumerate(coco80_names())))
+    model = build_distiller(student(coco, on="head"), imgsz=160).train()
+    assert model.teacher_rows == [0, 2]
+    maps = model.teacher_maps(batch()["img"])
+    assert [m.shape[1] for m in maps] == [2, 2, 2]
+    from sodet.models.features import FeatureTap, feature_modules
+
+    with torch.no_grad(), FeatureTap(feature_modules(model.teacher, "head")) as tap:
+        model.teacher(batch()["img"])
+    assert all(torch.equal(m, full[:, [0, 2]]) for m, full in zip(maps, tap.maps))
+    loss, items = model.loss(batch())
+    assert torch.isfinite(loss) and float(items["cwd_loss"]) > 0
 
 
 def test_across_families_yolox_teacher_ultralytics_student(tmp_path):
@@ -190,7 +210,7 @@ def test_distill_run_ultralytics_head(tmp_path):
     from sodet.api import distill
 
     run = distill(
-        teacher=teacher_file(tmp_path, "yolov8n"), model="yolov8n", distill_on="head", data=str(MINI), imgsz=128,
+        teacher=teacher_file(tmp_path, "yolov8n"), model="yolov8n", weights="none", distill_on="head", data=str(MINI), imgsz=128,
         batch=8, device="cpu", workers=0, plots=False, project=str(tmp_path), epochs=1, name="u",
     )
     row = read_results(run)[0]
@@ -204,7 +224,7 @@ def test_distill_run_gfl(tmp_path):
     from sodet.api import distill
 
     run = distill(
-        teacher=teacher_file(tmp_path, "gfl-r34"), model="gfl-r18", distill_on="head", data=str(MINI), imgsz=128,
+        teacher=teacher_file(tmp_path, "gfl-r34"), model="gfl-r18", weights="none", distill_on="head", data=str(MINI), imgsz=128,
         batch=4, device="cpu", workers=0, plots=False, project=str(tmp_path), epochs=1, name="g", fraction=0.25,
     )
     row = read_results(run)[0]

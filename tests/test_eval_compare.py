@@ -12,7 +12,8 @@ import pytest
 
 from sodet.errors import SodetError
 from sodet.eval.cocoeval import METRIC_KEYS
-from sodet.eval.compare import COMPARE_KEYS, compare, compare_command, default_out_dir
+from sodet.cli.compare import compare_command
+from sodet.eval.compare import COMPARE_KEYS, compare, default_out_dir
 from sodet.eval.metrics_io import write_metrics
 
 # reference-study.md, GFL-R50 baseline and + CWD (III): AP, APs, APm, APl, AR, ARs, ARm, ARl

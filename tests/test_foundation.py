@@ -154,7 +154,7 @@ def test_yolox_nano_learns_from_scratch(overfit_data, tmp_path):
 def test_ultralytics_yolo_learns_from_scratch(overfit_data, tmp_path):
     from sodet.api import train
 
-    run = train(model="yolov8n", data=str(overfit_data), epochs=200, project=str(tmp_path), name="y", **{**LEARN, "lr0": 0.01})
+    run = train(model="yolov8n", data=str(overfit_data), weights="none", epochs=200, project=str(tmp_path), name="y", **{**LEARN, "lr0": 0.01})
     m = json.loads((run / "metrics.json").read_text())
     assert m["AP50"] >= 0.5, m["AP50"]
 
@@ -193,7 +193,12 @@ def test_round_trip_and_resume(tmp_path):
         (["train", "--model", "yolox-huge"], "unknown model"),
         (["train", "--epochs", "0"], "--epochs must be a number above 0"),
         (["train", "--oversample", "-1"], "--oversample must be a number above 0"),
-        (["train", "--paste-copies", "0"], "--paste-copies must be a number above 0"),
+        (["train", "--paste-copies", "-1"], "--paste-copies must be 0 (oversampling without pasting) or more"),
+        (["train", "--oversample-pool", "some"], "--oversample-pool must be one of"),
+        (["train", "--imgsz", "-5"], "--imgsz must be at least 32 pixels"),
+        (["val", "--imgsz", "0"], "--imgsz must be at least 32 pixels"),
+        (["predict", "--source", ".", "--imgsz", "8"], "--imgsz must be at least 32 pixels"),
+        (["export", "--imgsz", "-1"], "--imgsz must be at least 32 pixels"),
         (["train", "--small-area", "0"], "--small-area must be a number above 0"),
         (["train", "--batch", "0"], "--batch must be at least 1"),
         (["train", "--weight-form", "double"], "--weight-form must be one of"),
@@ -245,7 +250,7 @@ def test_missing_split_and_unknown_class_errors(tmp_path):
 
 
 def test_engine_overrides_parse_like_the_engine_cli():
-    from sodet.cli import parse_overrides
+    from sodet.options import parse_overrides
 
     assert parse_overrides(["name=no", "lr0=0.001", "fliplr=0", "amp=False", "classes=None", "cache=ram"]) == {
         "name": "no", "lr0": 0.001, "fliplr": 0, "amp": False, "classes": None, "cache": "ram"}

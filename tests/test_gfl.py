@@ -36,12 +36,12 @@ def test_shapes_per_level():
     m = build("gfl-r18", 2).eval()
     img = torch.rand(2, 3, 160, 224)
     with torch.no_grad():
-        f = m.features(img)
+        neck, cls_scores, bbox_preds = m.head_outputs(img)
         out = m(img)
     sizes = [(20, 28), (10, 14), (5, 7), (3, 4), (2, 2)]
-    assert [tuple(x.shape) for x in f["neck"]] == [(2, 256, *s) for s in sizes]
-    assert [tuple(x.shape) for x in f["head"]] == [(2, 2, *s) for s in sizes]
-    assert [tuple(x.shape) for x in f["reg"]] == [(2, 68, *s) for s in sizes]
+    assert [tuple(x.shape) for x in neck] == [(2, 256, *s) for s in sizes]
+    assert [tuple(x.shape) for x in cls_scores] == [(2, 2, *s) for s in sizes]
+    assert [tuple(x.shape) for x in bbox_preds] == [(2, 68, *s) for s in sizes]
     assert out.shape == (2, 6, sum(h * w for h, w in sizes))
     assert bool(((out[:, 4:] > 0) & (out[:, 4:] < 1)).all())  # sigmoid scores
     assert float(out[:, 0].min()) >= 0 and float(out[:, 0].max()) <= 224  # box centres inside the input
@@ -125,11 +125,10 @@ def test_head_raw_outputs_equal_mmdetection(mmdet):
 
 
 def test_anchors_and_atss_assignment_equal_mmdetection(mmdet):
-    from sodet.losses.atss import atss_assign
-    from sodet.models.gfl import level_anchors
+    from sodet.losses.atss import atss_assign, level_anchors
 
     ref = mmdet.ref
-    anchors = level_anchors([tuple(c.shape[-2:]) for c in mmdet.cls_scores])
+    anchors = level_anchors([tuple(c.shape[-2:]) for c in mmdet.cls_scores], mmdet.head.strides)
     assert [a.shape[0] for a in anchors] == ref["num_level_anchors"]
     assert torch.equal(torch.cat(anchors), ref["anchors"])
     for i, theirs in enumerate(ref["assign"]):
@@ -187,15 +186,20 @@ def test_detections_equal_mmdetection(mmdet):
 def test_small_object_weighting_of_the_giou_term(mmdet):
     """--weighted-loss: W = 1 is the stock loss bit for bit; the scale form multiplies the small positives' 1 - GIoU
     by W, nothing else (checked against the per-positive terms)."""
-    from sodet.losses.gfl import GflLoss, install_gfl
+    from sodet.losses import BoxRule, GflLoss, RuleGIoULoss
     from sodet.options import SMALL_AREA
+
+    def ruled(rule):
+        loss = GflLoss()
+        loss.box_loss = RuleGIoULoss(rule)  # where the GFL family installs a run's rule
+        return loss
 
     gt = mmdet.ref["gt"]
     args = (mmdet.head, mmdet.cls_scores, mmdet.bbox_preds, gt["gt_bboxes"], gt["gt_labels"])
     stock = GflLoss()(*args, details=True)
-    same = install_gfl(GflLoss(), 1.0)(*args)
+    same = ruled(BoxRule(1.0))(*args)
     assert all(torch.equal(stock[k], same[k]) for k in ("loss_cls", "loss_bbox", "loss_dfl"))
-    weighted = install_gfl(GflLoss(), 3.0, form="scale")(*args)
+    weighted = ruled(BoxRule(3.0, form="scale"))(*args)
     from torchvision.ops import generalized_box_iou_loss
 
     s = stock["pos_decode_bbox_targets"]
@@ -278,24 +282,25 @@ def test_recipe_schedule_rule():
     user leaves cos_lr, lrf and warmup_epochs at the engine's defaults."""
     from ultralytics.cfg import get_cfg
 
-    from sodet.engine.trainer import SodetTrainer, StepLR
+    from sodet.models.gfl import StepLR
+    from sodet.models.registry import get_family
 
+    gfl, yolox = get_family("gfl"), get_family("yolox")
     assert [StepLR((8, 11))(e) for e in range(12)] == pytest.approx([1.0] * 8 + [0.1] * 3 + [0.01])
-    m = build("gfl-r18", 2)
-    fake = SimpleNamespace(model=m, args=get_cfg(), epochs=12, batch_size=8)
-    assert SodetTrainer.gfl_recipe(fake)
-    fake.gfl_recipe = lambda: SodetTrainer.gfl_recipe(fake)
-    assert SodetTrainer._get_warmup_iterations(fake, num_batches=100) == 1000  # 500 x 16 images at batch 8
+    fake = SimpleNamespace(args=get_cfg(), epochs=12, batch_size=8)
+    assert gfl.scheduler(fake).milestones == (8, 11)
+    assert gfl.warmup_iterations(fake, 100) == 1000  # 500 x 16 images at batch 8
     for change in ({"cos_lr": True}, {"lrf": 0.1}, {"warmup_epochs": 1.0}):
-        assert not SodetTrainer.gfl_recipe(SimpleNamespace(model=m, args=get_cfg(overrides=change)))
-    assert not SodetTrainer.gfl_recipe(SimpleNamespace(model=build("yolox-nano", 2), args=get_cfg()))
+        other = SimpleNamespace(args=get_cfg(overrides=change), epochs=12, batch_size=8)
+        assert gfl.scheduler(other) is None and gfl.warmup_iterations(other, 100) is None
+    assert yolox.scheduler(fake) is None and yolox.warmup_iterations(fake, 100) is None  # the engine's own
 
 
 def engine_run(tmp_path, name, **kw):
     from sodet.api import train
 
-    run = train(model="gfl-r18", data=str(MINI), epochs=1, imgsz=128, batch=8, device="cpu", workers=0, plots=False,
-                val=False, project=str(tmp_path), name=name, **kw)
+    run = train(model="gfl-r18", weights="none", data=str(MINI), epochs=1, imgsz=128, batch=8, device="cpu", workers=0,
+                plots=False, val=False, project=str(tmp_path), name=name, **kw)
     ckpt = torch.load(run / "weights" / "last.pt", map_location="cpu", weights_only=False)
     args = yaml.safe_load((run / "args.yaml").read_text())
     losses = [float(x) for x in (run / "results.csv").read_text().splitlines()[1].split(",")[2:5]]
@@ -311,7 +316,7 @@ def test_engine_trains_gfl_with_weighted_loss_and_mosaic_switched_on(tmp_path):
     assert (args["optimizer"], args["lr0"], args["momentum"], args["weight_decay"], args["nbs"]) == ("SGD", 0.01, 0.9, 0.0001, 16)
     assert args["mosaic"] == 1.0 and args["iou"] == 0.6
     assert model.yaml["family"] == "gfl" and model.sodet.weighted_loss == 0.95
-    assert model.gfl_loss.box_loss.weight == 0.95 and model.gfl_loss.box_loss.form == "study"
+    assert model.gfl_loss.box_loss.rule.weight == 0.95 and model.gfl_loss.box_loss.rule.form == "study"
     assert all(math.isfinite(x) and x > 0 for x in losses), losses
 
 
@@ -329,8 +334,8 @@ def test_gfl_run_resumes_with_its_recipe(tmp_path):
     (SGD, step schedule) and sodet's options kept."""
     from sodet.api import train
 
-    run = train(model="gfl-r18", data=str(MINI), epochs=2, imgsz=128, batch=8, device="cpu", workers=0, plots=False,
-                val=False, project=str(tmp_path), name="rs", save_period=1, weighted_loss=2.0, weight_form="scale")
+    run = train(model="gfl-r18", weights="none", data=str(MINI), epochs=2, imgsz=128, batch=8, device="cpu", workers=0,
+                plots=False, val=False, project=str(tmp_path), name="rs", save_period=1, weighted_loss=2.0, weight_form="scale")
     torch.save(torch.load(run / "weights" / "epoch0.pt", weights_only=False), run / "weights" / "last.pt")
     assert train(resume=str(run / "weights" / "last.pt"), device="cpu") == run
     with open(run / "results.csv") as f:
@@ -430,9 +435,13 @@ def test_fuse_keeps_the_outputs():
             bn.running_mean.uniform_(-0.2, 0.2), bn.running_var.uniform_(0.5, 2.0), bn.weight.uniform_(0.5, 1.5)
         x = torch.rand(1, 3, 96, 128)
         before = m.eval()(x)
-        after = m.fuse()(x)
-    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())
+        fused = m.fuse()
+        after = fused(x)
+    assert not any(isinstance(x, torch.nn.BatchNorm2d) for x in fused.modules())
+    assert any(isinstance(x, torch.nn.BatchNorm2d) for x in m.modules())  # an inference copy: the model is left as is
     torch.testing.assert_close(after, before, rtol=1e-4, atol=1e-4)
+    training = build("gfl-r18", 2).train()  # the engine's AutoBackend fuses a model in training mode too
+    assert not training.fuse().training and training.training
 
 
 def test_engine_loss_weights_are_refused_for_gfl(tmp_path):

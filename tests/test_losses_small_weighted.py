@@ -15,15 +15,12 @@ from ultralytics.utils.loss import BboxLoss, E2ELoss, v8DetectionLoss
 from yolox.config import YoloxConfig
 from yolox.models.losses import IouLoss
 
-from sodet.losses import (
-    SmallWeightedBboxLoss,
-    SmallWeightedGIoULoss,
-    SmallWeightedIouLoss,
-    install_ultralytics,
-    install_yolox,
-    is_small,
-    small_target_loss,
-)
+from sodet.errors import SodetError
+from sodet.losses import BoxRule, RuleBboxLoss, RuleGIoULoss, RuleIouLoss, install_rule, is_small, small_target_loss
+from sodet.models.registry import get_family
+from sodet.options import check_train_options
+
+YOLOX = get_family("yolox")
 
 
 # ---------------------------------------------------------------- the shared rule
@@ -47,17 +44,27 @@ def test_rule_area_boundary_is_strict():
     assert out.tolist() == [1.5, 1.5, 0.5, 0.5, 0.5]
 
 
-def test_rule_weight_one_is_identity_and_rejects_bad_settings():
+def test_rule_weight_one_is_identity_and_bad_settings_are_refused_where_given():
     loss = torch.rand(100)
     area = torch.rand(100) * 3000
     for form in ("study", "scale"):
         assert torch.equal(small_target_loss(loss, area, 1.0, form=form), loss)
-    with pytest.raises(ValueError):
-        small_target_loss(loss, area, 1.0, form="squared")
-    with pytest.raises(ValueError):
-        small_target_loss(loss, area, 0.0)
-    with pytest.raises(ValueError):
-        small_target_loss(loss, area, 1.0, small_area=0)
+    for bad, message in [(dict(weight_form="squared"), "--weight-form must be one of"),
+                         (dict(weighted_loss=0.0), "--weighted-loss must be a number above 0"),
+                         (dict(weighted_loss=float("nan")), "--weighted-loss must be a number above 0"),
+                         (dict(small_area=0), "--small-area must be a number above 0")]:
+        with pytest.raises(SodetError, match=message):
+            check_train_options(**bad)
+
+
+def test_box_rule_from_options_and_boxes_in_pixels():
+    from sodet.options import RunOptions
+
+    assert BoxRule.from_options(RunOptions()) is None  # nothing asked: the family's loss stays as it is
+    rule = BoxRule.from_options(RunOptions(weighted_loss=2.0, weight_form="scale", small_area=100.0))
+    assert rule == BoxRule(2.0, 100.0, "scale")
+    target = torch.tensor([[0.0, 0.0, 9.0, 9.0], [0.0, 0.0, 10.0, 10.0]])  # areas 81 (small) and 100 (not)
+    assert rule(torch.tensor([0.5, 0.5]), target, target).tolist() == [1.0, 0.5]
 
 
 # ---------------------------------------------------------------- YOLOX IouLoss
@@ -77,7 +84,7 @@ def test_yolox_weight_one_equals_stock_values_and_gradients():
     for loss_type in ("iou", "giou"):
         p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
         stock = IouLoss(reduction="none", loss_type=loss_type)(p1, target)
-        ours = SmallWeightedIouLoss(1.0, loss_type=loss_type)(p2, target)
+        ours = RuleIouLoss(BoxRule(1.0), loss_type=loss_type)(p2, target)
         assert torch.equal(stock, ours)
         stock.sum().backward()
         ours.sum().backward()
@@ -89,9 +96,9 @@ def test_yolox_hand_values():
     target = torch.tensor([[10.0, 10.0, 20.0, 20.0], [100.0, 100.0, 40.0, 40.0]])  # areas 400 (small), 1600
     pred = torch.tensor([[10.0, 10.0, 20.0, 10.0], [100.0, 100.0, 40.0, 20.0]])
     assert torch.allclose(IouLoss()(pred, target), torch.tensor([0.75, 0.75]))
-    study = SmallWeightedIouLoss(0.95)(pred, target)
+    study = RuleIouLoss(BoxRule(0.95))(pred, target)
     assert torch.allclose(study, torch.tensor([1 - 0.95 * 0.25, 0.75]))
-    scale = SmallWeightedIouLoss(2.0, form="scale")(pred, target)
+    scale = RuleIouLoss(BoxRule(2.0, form="scale"))(pred, target)
     assert torch.allclose(scale, torch.tensor([1.5, 0.75]))
 
 
@@ -100,7 +107,7 @@ def test_yolox_area_boundary():
     pred = target.clone()
     pred[:, 2] = 16.0  # IoU about 1/2 on all three
     stock = IouLoss()(pred, target)
-    ours = SmallWeightedIouLoss(2.0, form="scale")(pred, target)
+    ours = RuleIouLoss(BoxRule(2.0, form="scale"))(pred, target)
     assert torch.equal(ours, torch.stack([2 * stock[0], stock[1], stock[2]]))
 
 
@@ -111,7 +118,7 @@ def test_yolox_gradient_is_w_times_stock_on_small_targets_only(weight):
     assert 20 < small.sum() < 236
     p1, p2 = pred.clone().requires_grad_(), pred.clone().requires_grad_()
     IouLoss()(p1, target).sum().backward()
-    SmallWeightedIouLoss(weight)(p2, target).sum().backward()
+    RuleIouLoss(BoxRule(weight))(p2, target).sum().backward()
     assert torch.equal(p2.grad[~small], p1.grad[~small])
     if weight in (0.5, 2.0):  # powers of two scale floats exactly
         assert torch.equal(p2.grad[small], weight * p1.grad[small])
@@ -161,7 +168,7 @@ def test_ultralytics_weight_one_equals_stock(reg_max):
     assert is_small(_target_area_px(args)).any() and (~is_small(_target_area_px(args))).any()
     stock = _run_bbox_loss(BboxLoss(reg_max), args)
     for form in ("study", "scale"):
-        ours = _run_bbox_loss(SmallWeightedBboxLoss(reg_max, 1.0, form=form), args)
+        ours = _run_bbox_loss(RuleBboxLoss(reg_max, BoxRule(1.0, form=form)), args)
         for a, b in zip(stock, ours):
             assert torch.equal(a, b)
 
@@ -173,7 +180,7 @@ def test_ultralytics_dfl_term_untouched_and_box_gradient_scaled(reg_max):
     fg = args[6]
     stock = _run_bbox_loss(BboxLoss(reg_max), args)
     for weight in (0.5, 0.95):
-        ours = _run_bbox_loss(SmallWeightedBboxLoss(reg_max, weight), args)
+        ours = _run_bbox_loss(RuleBboxLoss(reg_max, BoxRule(weight)), args)
         assert torch.equal(ours[1], stock[1]) and torch.equal(ours[3], stock[3])
         g_ours, g_stock = ours[2][fg], stock[2][fg]
         assert torch.equal(g_ours[~small], g_stock[~small])
@@ -196,7 +203,7 @@ def test_ultralytics_hand_values_and_area_in_pixels():
     tss = target_scores.sum()
     fg = torch.ones(1, 5, dtype=torch.bool)
     args = (torch.zeros(1, 5, 64), pred, centre, target, target_scores, tss, fg, torch.tensor([160.0, 160.0]), stride)
-    loss_iou, _ = SmallWeightedBboxLoss(16, 0.8)(*args)
+    loss_iou, _ = RuleBboxLoss(16, BoxRule(0.8))(*args)
     # only the 31 px box (area 961) is small; the 32 px box (area 1024) is not
     per_target = torch.tensor([0.75, 0.75, 1 - 0.8 * 0.25, 0.75, 0.75])
     expected = (per_target * target_scores.view(-1)).sum() / tss
@@ -213,11 +220,11 @@ def test_giou_hand_values():
     pred = torch.tensor([[5.0, 5.0, 15.0, 15.0], [15.0, 5.0, 25.0, 15.0], [20.0, 20.0, 60.0, 60.0]])
     # overlap 25 of union 175 in a 15x15 hull; disjoint, union 200 in a 25x15 hull; overlap 400 of 2800 in 60x60
     giou = torch.tensor([25 / 175 - (225 - 175) / 225, 0 - (375 - 200) / 375, 400 / 2800 - (3600 - 2800) / 3600])
-    assert torch.allclose(SmallWeightedGIoULoss(1.0)(pred, target), 1 - giou, atol=1e-6)
-    assert torch.equal(SmallWeightedGIoULoss(1.0)(pred, target), generalized_box_iou_loss(pred, target))
+    assert torch.allclose(RuleGIoULoss(BoxRule(1.0))(pred, target), 1 - giou, atol=1e-6)
+    assert torch.equal(RuleGIoULoss(BoxRule(1.0))(pred, target), generalized_box_iou_loss(pred, target))
     expected = torch.stack([1 - 0.95 * giou[0], 1 - 0.95 * giou[1], 1 - giou[2]])
-    assert torch.allclose(SmallWeightedGIoULoss(0.95)(pred, target), expected, atol=1e-6)
-    scale = SmallWeightedGIoULoss(2.0, form="scale")(pred, target)
+    assert torch.allclose(RuleGIoULoss(BoxRule(0.95))(pred, target), expected, atol=1e-6)
+    scale = RuleGIoULoss(BoxRule(2.0, form="scale"))(pred, target)
     assert torch.allclose(scale, torch.stack([2 * (1 - giou[0]), 2 * (1 - giou[1]), 1 - giou[2]]), atol=1e-6)
 
 
@@ -252,13 +259,13 @@ def test_yolox_head_weight_one_same_as_stock_and_weighted_differs():
     images, labels = _yolox_batch()
     stock, stock_grads = _yolox_losses(model, images, labels)
 
-    assert install_yolox(model.head, 1.0) is model.head
-    assert isinstance(model.head.iou_loss, SmallWeightedIouLoss)
+    YOLOX.install_box_rule(model, BoxRule(1.0))
+    assert isinstance(model.head.iou_loss, RuleIouLoss)
     same, same_grads = _yolox_losses(model, images, labels)
     assert torch.equal(same["total_loss"], stock["total_loss"])
     assert all(torch.equal(a, b) for a, b in zip(stock_grads, same_grads))
 
-    install_yolox(model.head, 2.0, form="scale")  # installing again replaces
+    YOLOX.install_box_rule(model, BoxRule(2.0, form="scale"))  # installing again replaces
     weighted, _ = _yolox_losses(model, images, labels)
     assert weighted["iou_loss"] > stock["iou_loss"]
     for key in ("conf_loss", "cls_loss", "num_fg"):
@@ -287,42 +294,53 @@ def test_ultralytics_criterion_weight_one_same_as_stock_and_weighted_differs(cfg
     assert type(criterion) is criterion_type
     stock, stock_items = criterion(preds, batch)
 
-    assert install_ultralytics(criterion, 1.0) is criterion
+    assert install_rule(criterion, BoxRule(1.0)) is criterion
     same, _ = criterion(preds, batch)
     assert torch.equal(same, stock)
 
-    install_ultralytics(criterion, 0.5, form="scale")
+    install_rule(criterion, BoxRule(0.5, form="scale"))
     weighted, items = criterion(preds, batch)
     assert weighted[0] < stock[0]  # box term: small targets' part halved
     assert torch.equal(weighted[1:], stock[1:])  # cls and dfl/l1 untouched
     losses = [criterion.one2many, criterion.one2one] if criterion_type is E2ELoss else [criterion]
     reg_max = model.model[-1].reg_max
     for loss in losses:
-        assert isinstance(loss.bbox_loss, SmallWeightedBboxLoss)
-        assert loss.bbox_loss.reg_max == reg_max and loss.bbox_loss.weight == 0.5
+        assert isinstance(loss.bbox_loss, RuleBboxLoss)
+        assert loss.bbox_loss.reg_max == reg_max and loss.bbox_loss.rule.weight == 0.5
         assert (loss.bbox_loss.dfl_loss is None) == (reg_max == 1)
 
 
 def test_installed_losses_deepcopy_and_pickle():
     model = _yolox_nano()
-    install_yolox(model.head, 0.95)
+    YOLOX.install_box_rule(model, BoxRule(0.95))
     clone = pickle.loads(pickle.dumps(copy.deepcopy(model)))
-    assert isinstance(clone.head.iou_loss, SmallWeightedIouLoss) and clone.head.iou_loss.weight == 0.95
+    assert isinstance(clone.head.iou_loss, RuleIouLoss) and clone.head.iou_loss.rule.weight == 0.95
 
     detector = DetectionModel("yolo26n.yaml", nc=2, verbose=False)
     detector.args = get_cfg()
-    detector.criterion = install_ultralytics(detector.init_criterion(), 2.0, small_area=256, form="scale")
+    detector.criterion = install_rule(detector.init_criterion(), BoxRule(2.0, small_area=256, form="scale"))
     clone = pickle.loads(pickle.dumps(copy.deepcopy(detector)))
     bbox_loss = clone.criterion.one2one.bbox_loss
-    assert isinstance(bbox_loss, SmallWeightedBboxLoss)
-    assert (bbox_loss.weight, bbox_loss.small_area, bbox_loss.form) == (2.0, 256.0, "scale")
+    assert isinstance(bbox_loss, RuleBboxLoss)
+    assert bbox_loss.rule == BoxRule(2.0, 256.0, "scale")
 
 
 def test_install_rejects_other_objects():
     with pytest.raises(TypeError):
-        install_yolox(torch.nn.Linear(1, 1), 0.95)
-    with pytest.raises(TypeError):
-        install_ultralytics(object(), 0.95)
+        install_rule(object(), BoxRule(0.95))
+
+
+def test_losses_pickled_by_sodet_0_3_load_with_their_weighting():
+    """Checkpoints of sodet 0.3 hold the old class names with weight / small_area / form attributes."""
+    from sodet.losses.yolox_iou import SmallWeightedIouLoss
+
+    old = RuleIouLoss()
+    state = {k: v for k, v in old.__dict__.items() if k != "rule"}
+    state.update(weight=0.95, small_area=1024.0, form="study")
+    restored = SmallWeightedIouLoss.__new__(SmallWeightedIouLoss)
+    restored.__setstate__(state)
+    pred, target = _cxcywh_pairs(16)
+    assert restored.rule == BoxRule(0.95) and torch.equal(restored(pred, target), RuleIouLoss(BoxRule(0.95))(pred, target))
 
 
 # ---------------------------------------------------------------- a short training run with the option on
@@ -340,10 +358,11 @@ def test_short_training_run_uses_weighted_loss(model_name, tmp_path, monkeypatch
     from sodet import api
 
     calls = []
-    for cls in (SmallWeightedIouLoss, SmallWeightedBboxLoss):
+    for cls in (RuleIouLoss, RuleBboxLoss):
         monkeypatch.setattr(cls, "forward", _counting(cls.forward, calls))
     run = api.train(
-        model=model_name, data=str(ROOT / "datasets" / "coco-pc-mini"), weighted_loss=0.95, epochs=1, imgsz=128,
+        model=model_name, weights="none" if model_name != "yolox-nano" else None,
+        data=str(ROOT / "datasets" / "coco-pc-mini"), weighted_loss=0.95, epochs=1, imgsz=128,
         batch=8, workers=0, device="cpu", project=str(tmp_path), name="run", plots=False, val=False,
     )
     assert len(calls) >= 4  # 32 images, batch 8: one weighted box loss per training step at least
@@ -351,11 +370,11 @@ def test_short_training_run_uses_weighted_loss(model_name, tmp_path, monkeypatch
     model = (ckpt.get("ema") or ckpt["model"]).float()
     assert model.sodet.weighted_loss == 0.95 and model.sodet.weight_form == "study"
     if model_name == "yolox-nano":
-        assert isinstance(model.head.iou_loss, SmallWeightedIouLoss) and model.head.iou_loss.weight == 0.95
+        assert isinstance(model.head.iou_loss, RuleIouLoss) and model.head.iou_loss.rule.weight == 0.95
     else:
         criterion = model.init_criterion()
         for loss in [criterion.one2many, criterion.one2one] if isinstance(criterion, E2ELoss) else [criterion]:
-            assert isinstance(loss.bbox_loss, SmallWeightedBboxLoss) and loss.bbox_loss.weight == 0.95
+            assert isinstance(loss.bbox_loss, RuleBboxLoss) and loss.bbox_loss.rule.weight == 0.95
 
 
 def _counting(forward, calls: list):

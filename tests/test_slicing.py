@@ -67,7 +67,7 @@ def test_tile_detections_map_back_to_the_full_image(tmp_path):
     from sodet.api import inference_model
     from sodet.engine.predictor import SodetPredictor
 
-    net, _, _ = inference_model("yolox-nano")
+    net, _ = inference_model("yolox-nano")
     p = SodetPredictor(overrides={"imgsz": 256, "conf": 0.01, "iou": 0.65, "device": "cpu", "save": False, "mode": "predict"},
                        save_json=False)
     p.setup_model(net, verbose=False)

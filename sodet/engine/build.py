@@ -6,38 +6,31 @@ import torch
 from ultralytics.utils import colorstr
 
 from sodet.data.dataset import SodetDataset
-from sodet.models.registry import get_entry, model_family
+from sodet.losses.box_rule import BoxRule
+from sodet.models.registry import get_entry, get_family
 from sodet.options import RunOptions
 
 
 def build_model(options: RunOptions, nc: int, names: dict, weights: torch.nn.Module | None = None):
-    """The registered architecture with ``options`` attached (and its box-loss weighting installed).
+    """The registered architecture with ``options`` attached and the box rule they ask for installed.
 
     ``weights`` is a model object from an engine checkpoint (resume, or fine-tuning a sodet run); otherwise the
-    file named by ``options.weights`` is loaded, if any.
+    file named by ``options.weights`` (already resolved: ``sodet.models.resolve``) is loaded, if any.
     """
-    from sodet.models.weights import load_module_weights, load_weights
+    from sodet.models.weights import load_weights
 
-    model = get_entry(options.model).build(nc, names)
+    entry = get_entry(options.model)
+    family = get_family(entry.family)
+    model = family.build(entry, nc, names)
     if weights is not None:
-        load_module_weights(model, weights)
+        family.load_module(model, weights, "the checkpoint")
     elif options.weights:
         load_weights(model, options.weights)
-    attach_options(model, options)
+    model.sodet = options  # travels with EMA, checkpoints and DDP
+    rule = BoxRule.from_options(options)
+    if rule is not None:
+        family.install_box_rule(model, rule)
     return model
-
-
-def attach_options(model, options: RunOptions) -> None:
-    """Store the options on the model (they travel with EMA, checkpoints and DDP) and install what they ask."""
-    model.sodet = options
-    if model_family(model) == "yolox" and options.weighted_loss is not None:
-        from sodet.losses.yolox_iou import install_yolox
-
-        install_yolox(model.head, options.weighted_loss, options.small_area, options.weight_form)
-    if model_family(model) == "gfl" and options.weighted_loss is not None:
-        from sodet.losses.gfl import install_gfl
-
-        install_gfl(model.gfl_loss, options.weighted_loss, options.small_area, options.weight_form)
 
 
 def build_dataset(

@@ -24,7 +24,8 @@ from ultralytics.utils import LOGGER, colorstr
 from sodet.errors import SodetError
 from sodet.losses.cwd import ChannelWiseDivergence
 from sodet.models.features import FeatureTap, feature_modules, level_strides
-from sodet.models.registry import model_family
+from sodet.models.registry import family_of
+from sodet.models.weights import model_names as class_names
 from sodet.options import DistillOptions, RunOptions
 
 GUARD_STEPS = 10  # consecutive steps above the ratio bound before a run is stopped
@@ -73,39 +74,27 @@ class DivergenceGuard:
 
 
 def load_teacher(opts: DistillOptions, names: dict) -> nn.Module:
-    """The frozen teacher: a sodet or Ultralytics checkpoint, or a registry name with its (or shipped) weights,
-    built with the student's class names (a COCO head is cut to them by name, as for fine-tuning)."""
+    """The frozen teacher: a sodet or Ultralytics checkpoint, or a registry name with its weights (``--teacher-weights``
+    or the weights table's, fetched on first use), built with the student's class names (a COCO head cut to them by
+    name, as for fine-tuning)."""
     from sodet.engine.build import build_model
-    from sodet.models.registry import get_entry
-    from sodet.models.weights import checkpoint_model, read_checkpoint, require_weights_file
+    from sodet.models.resolve import resolve_model
 
-    src = opts.teacher
-    if src.endswith(".pt"):
-        teacher = checkpoint_model(read_checkpoint(src))
-        if not isinstance(teacher, nn.Module):
-            raise SodetError(f"teacher {src} holds no model (a sodet run's weights/best.pt or an Ultralytics .pt)")
+    resolved = resolve_model(opts.teacher, opts.teacher_weights)
+    if resolved.kind == "checkpoint":
+        teacher = resolved.module
+    elif resolved.kind == "registry":
+        if resolved.weights is None:
+            raise SodetError(f"teacher {opts.teacher} has no weights: pass --teacher-weights FILE (a random teacher teaches nothing)")
+        teacher = build_model(RunOptions(model=resolved.entry.name, weights=str(resolved.weights)), len(names), names)
     else:
-        entry = get_entry(src)
-        weights = opts.teacher_weights
-        if weights is None and entry.weights:
-            from sodet.assets import shipped_weights
-
-            weights = str(shipped_weights(entry.weights))
-        if weights is None:
-            raise SodetError(f"teacher {src} has no weights: pass --teacher-weights FILE (a random teacher teaches nothing)")
-        require_weights_file(weights)
-        teacher = build_model(RunOptions(model=entry.name, weights=weights), len(names), names)
+        raise SodetError(f"teacher {opts.teacher}: an exported model cannot teach (its features are not reachable); pass its .pt")
     teacher = teacher.float().eval()
     if hasattr(teacher, "pixels_in_unit_range"):
         teacher.pixels_in_unit_range()  # same function; keeps a folded teacher's activations fp16-safe under AMP
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher
-
-
-def class_names(model) -> list[str]:
-    names = model.names
-    return [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
 
 
 def student_attribute(name: str) -> property:
@@ -125,10 +114,14 @@ class CwdDistiller(nn.Module):
         self.strides = [s for s in s_strides if s in t_strides]
         if not self.strides:
             raise SodetError(f"teacher strides {t_strides} share none with the student's {s_strides}: cannot pair their maps")
+        self.teacher_rows = None  # head maps: the teacher's class rows of the student's class names
         if opts.on == "head" and class_names(teacher) != class_names(student):
-            raise SodetError(
-                f"--distill-on head needs the same classes: teacher {class_names(teacher)}, student {class_names(student)}"
-            )
+            t_names = class_names(teacher)
+            absent = [n for n in class_names(student) if n not in t_names]
+            if absent:
+                raise SodetError(f"--distill-on head: the teacher has no class {', '.join(absent)} (its classes: "
+                                 f"{', '.join(t_names[:10])}{' ...' if len(t_names) > 10 else ''})")
+            self.teacher_rows = [t_names.index(n) for n in class_names(student)]
         self.student_levels = [s_strides.index(s) for s in self.strides]
         self.teacher_levels = [t_strides.index(s) for s in self.strides]
         s_maps, t_maps = self._probe(imgsz)
@@ -190,7 +183,9 @@ class CwdDistiller(nn.Module):
         n = len(level_strides(teacher))
         with torch.no_grad(), FeatureTap(feature_modules(teacher, self.distill_options.on), n, stop=True) as tap:
             teacher(img)
-        return self._select(tap.maps, self.teacher_levels, "the teacher", n)
+        maps = self._select(tap.maps, self.teacher_levels, "the teacher", n)
+        rows = getattr(self, "teacher_rows", None)
+        return maps if rows is None else [m[:, rows] for m in maps]
 
     @torch.no_grad()
     def _probe(self, imgsz: int) -> tuple[list, list]:
@@ -289,6 +284,6 @@ def describe(model: CwdDistiller) -> str:
     o = model.distill_options
     widths = ", ".join("same width" if isinstance(c.student, nn.Identity) else f"{c.student[0].in_channels}->{c.student[0].out_channels}" for c in model.projector)
     return (
-        f"CWD from {o.teacher} ({model_family(model.teacher)}), {o.on} at strides {model.strides} ({widths}), "
+        f"CWD from {o.teacher} ({family_of(model.teacher).display}), {o.on} at strides {model.strides} ({widths}), "
         f"tau {o.tau:g}, weight {o.weight:g} per level, on for {o.stop:.0%} of the epochs"
     )

@@ -16,8 +16,9 @@ from ultralytics.utils import DEFAULT_CFG, LOGGER, RANK, colorstr
 from ultralytics.utils.torch_utils import unwrap_model
 
 from sodet.engine.build import build_dataset, build_model
-from sodet.models.registry import model_family
+from sodet.engine.distill import CwdDistiller, build_distiller, describe, distill_schedule, keep_student
 from sodet.engine.validator import COCO_COLUMNS, SodetValidator
+from sodet.models.registry import family_of
 from sodet.options import RunOptions
 
 
@@ -32,9 +33,17 @@ class SodetTrainer(DetectionTrainer):
     def __init__(self, cfg=DEFAULT_CFG, overrides=None, _callbacks=None, options: RunOptions | None = None):
         self._options = options
         super().__init__(cfg, overrides, _callbacks)
-        from sodet.engine.distill import distill_schedule
-
         self.add_callback("on_train_epoch_start", distill_schedule)
+
+    @property
+    def student(self) -> nn.Module:
+        """The model being trained (a distillation run: its student)."""
+        model = unwrap_model(self.model)
+        return getattr(model, "student_model", model)
+
+    @property
+    def family(self):
+        return family_of(self.student)
 
     @property
     def options(self) -> RunOptions:
@@ -48,8 +57,6 @@ class SodetTrainer(DetectionTrainer):
         run given as ``--model best.pt``): its options are kept unless this run brought its own. A distillation run
         (``options.distill``) gets the student wrapped with its teacher (``sodet.engine.distill``); resuming one
         restores the connectors from the checkpoint and rebuilds the teacher from its source."""
-        from sodet.engine.distill import CwdDistiller, build_distiller, describe
-
         projector = None
         if isinstance(weights, CwdDistiller):
             projector, weights = weights.projector.state_dict(), weights.student_model
@@ -100,7 +107,7 @@ class SodetTrainer(DetectionTrainer):
         from sodet.models.batchnorm import batchnorm_folded, fp16_safe_batchnorm, freeze_batchnorm, unfold_batchnorm
 
         wrapper = unwrap_model(self.model)
-        model = getattr(wrapper, "student_model", wrapper)  # a distillation run: the student, not its teacher
+        model = self.student  # a distillation run: the student, not its teacher
         opts = getattr(model, "sodet", None)
         notes = []
         if not self.resume:
@@ -174,8 +181,6 @@ class SodetTrainer(DetectionTrainer):
     def final_eval(self):
         """The engine's validation of best.pt, then the change from the starting weights. A distillation run's
         final checkpoints keep the student only (no teacher, no connectors): they load like a plain run's."""
-        from sodet.engine.distill import CwdDistiller, keep_student
-
         if RANK in {-1, 0} and isinstance(unwrap_model(self.model), CwdDistiller):  # plain runs: no extra I/O
             for f in (self.last, self.best):
                 keep_student(f)
@@ -186,41 +191,24 @@ class SodetTrainer(DetectionTrainer):
 
             LOGGER.info(before_after_table(before, after))
 
-    # GFL's recipe (engine overrides) ------------------------------------------------------------------------
-    def gfl_recipe(self) -> bool:
-        """GFL's own schedule applies: a GFL model, and cos_lr, lrf and warmup_epochs all at the engine's defaults
-        (a user who sets any of them gets the engine's schedule)."""
-        return (
-            model_family(unwrap_model(self.model)) == "gfl"
-            and not self.args.cos_lr
-            and self.args.lrf == DEFAULT_CFG.lrf
-            and self.args.warmup_epochs == DEFAULT_CFG.warmup_epochs
-        )
-
+    # the family's training recipe (engine overrides: the family returns None / does nothing for the engine's) -----
     def _setup_scheduler(self):
-        """Engine override, GFL only: MMDetection's step schedule (x0.1 at epochs 8 and 11 of 12), scaled to the
-        run's epochs; the engine has only linear and cosine decay."""
+        """Engine override: a family's own learning-rate factor (GFL: MMDetection's steps) where it has one."""
         super()._setup_scheduler()
-        if self.gfl_recipe():
-            self.lf = StepLR((round(self.epochs * 8 / 12), round(self.epochs * 11 / 12)))
+        lf = self.family.scheduler(self)
+        if lf is not None:
+            self.lf = lf
             self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda=self.lf)
 
     def _get_warmup_iterations(self, num_batches):
-        """Engine override, GFL only: MMDetection's linear warm-up over 500 iterations of 16 images, counted in
-        this run's batches (and, as the engine does, leaving the last epoch out of it)."""
-        if not self.gfl_recipe():
-            return super()._get_warmup_iterations(num_batches)
-        return min(round(500 * 16 / self.batch_size), max(self.epochs - 1, 0) * num_batches)
+        """Engine override: a family's own warm-up length (GFL: 500 recipe iterations) where it has one."""
+        n = self.family.warmup_iterations(self, num_batches)
+        return super()._get_warmup_iterations(num_batches) if n is None else n
 
     def build_optimizer(self, model, name="auto", lr=0.001, momentum=0.9, decay=1e-5, iterations=1e5):
-        """Engine override, GFL only: MMDetection's SGD (plain momentum, weight decay on every parameter) where
-        the engine's is Nesterov with no decay on norms and biases."""
+        """Engine override: the engine's optimizer, as the family's recipe adjusts it (GFL: MMDetection's SGD)."""
         optimizer = super().build_optimizer(model, name, lr, momentum, decay, iterations)
-        if model_family(unwrap_model(model)) == "gfl" and isinstance(optimizer, torch.optim.SGD):
-            decay = max(g["weight_decay"] for g in optimizer.param_groups)
-            for g in optimizer.param_groups:
-                g["nesterov"], g["weight_decay"] = False, decay
-            LOGGER.info(f"{colorstr('sodet:')} GFL's SGD: plain momentum, weight_decay={decay} on every group")
+        self.family.adjust_optimizer(self, optimizer)
         return optimizer
 
     # data --------------------------------------------------------------------------------------------------
@@ -230,9 +218,7 @@ class SodetTrainer(DetectionTrainer):
 
     def _close_dataloader_mosaic(self):
         super()._close_dataloader_mosaic()
-        model = unwrap_model(self.model)
-        if hasattr(model, "enable_l1"):  # YOLOX's recipe: L1 box term in the last, unaugmented epochs
-            model.enable_l1(True)
+        self.family.on_close_mosaic(self.student)  # YOLOX's recipe: L1 box term in the last, unaugmented epochs
 
     def plot_training_labels(self):
         """The engine's label plots need every label of the set; skipped for sets without boxes."""
@@ -342,13 +328,3 @@ def preserved_rng():
         torch.set_rng_state(states[2])
         if cuda is not None:
             torch.cuda.set_rng_state_all(cuda)
-
-
-class StepLR:
-    """Learning-rate factor x0.1 at each milestone epoch (a class, not a lambda: the trainer's state pickles)."""
-
-    def __init__(self, milestones: tuple[int, ...], gamma: float = 0.1):
-        self.milestones, self.gamma = tuple(milestones), gamma
-
-    def __call__(self, epoch: int) -> float:
-        return self.gamma ** sum(epoch >= m for m in self.milestones)

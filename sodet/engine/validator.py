@@ -14,6 +14,7 @@ from ultralytics.models.yolo.detect import DetectionValidator
 from ultralytics.utils import LOGGER, ops
 
 from sodet.engine.build import build_dataset
+from sodet.engine.inference import detect_images, eval_nms, find_options
 from sodet.options import RunOptions
 
 MAX_DETS = 100  # COCO's detections per image
@@ -22,28 +23,18 @@ AP_COCO_KEY = "metrics/AP_coco(B)"
 COCO_COLUMNS = (*SIZE_KEYS.values(), AP_COCO_KEY)  # what a validated training epoch adds to the engine's metrics
 
 
-def find_options(model) -> RunOptions | None:
-    """The RunOptions a model carries, looking through the engine's wrappers (AutoBackend, DDP, EMA)."""
-    seen = 0
-    while model is not None and seen < 4:
-        opts = getattr(model, "sodet", None)
-        if isinstance(opts, RunOptions):
-            return opts
-        modules = model.__dict__.get("_modules")  # a TorchScript module's is no dict
-        model = model.__dict__.get("model") or model.__dict__.get("module") or (modules.get("model") if isinstance(modules, dict) else None)
-        seen += 1
-    return None
-
-
 class SodetValidator(DetectionValidator):
     """DetectionValidator that builds sodet's dataset and reports the 12 COCO numbers per size bucket."""
 
     def __init__(
         self, dataloader=None, save_dir=None, args=None, _callbacks=None, options: RunOptions | None = None,
-        size_buckets: bool = True, slicer=None,
+        size_buckets: bool = True, slicer=None, class_rows: list[int] | None = None,
     ):
         super().__init__(dataloader, save_dir, args, _callbacks)
         self.options = options
+        # a model predicting more classes than the data holds (an 80-class checkpoint or export scored on person,
+        # car): its output row of each data class, by name; the other classes are never scored
+        self.class_rows = class_rows
         self.slicer = slicer  # sodet.engine.slicing.Slicer: every image also run as SAHI tiles, merged
         self.backend = None  # the model, kept for the tiles
         self.fixed_size = False  # an exported model of one input size: square letterbox, no rect batches
@@ -63,6 +54,12 @@ class SodetValidator(DetectionValidator):
         self.options = self.options or find_options(model)
         self.args.save_json = True  # sodet always scores with COCOeval
         super().init_metrics(model)
+        if self.class_rows is not None:  # score the data's classes, not the model's
+            from ultralytics.utils.metrics import ConfusionMatrix
+
+            self.names = self.metrics.names = dict(self.data["names"])
+            self.nc = len(self.names)
+            self.confusion_matrix = ConfusionMatrix(names=self.names, save_matches=False)
         self.is_custom_json, self.gdict, self.build_gdict, self.eval_ids = False, None, False, None
         ds = self.dataloader.dataset
         split = ds.split_labels
@@ -74,21 +71,35 @@ class SodetValidator(DetectionValidator):
         self.batch = batch = super().preprocess(batch)
         return batch
 
+    def select_classes(self, preds):
+        """The data's classes out of a model's outputs (``class_rows``): (B, 4 + nc, N) rows picked before NMS, or
+        end-to-end (B, N, 6) detections of the other classes dropped and the rest renumbered."""
+        if self.class_rows is None:
+            return preds
+        p = preds[0] if isinstance(preds, (tuple, list)) else preds
+        rows = torch.as_tensor(self.class_rows, device=p.device)
+        if self.end2end or p.shape[-1] == 6:
+            new_id = torch.full((int(p[..., 5].max().item()) + 2 if p.numel() else 1,), -1, device=p.device, dtype=torch.long)
+            new_id[rows[rows < len(new_id)]] = torch.arange(len(rows), device=p.device)[rows < len(new_id)]
+            ids = new_id[p[..., 5].long().clamp(min=0, max=len(new_id) - 1)]
+            p = torch.cat([p[..., :5], ids.unsqueeze(-1).to(p.dtype)], -1)
+            p[..., 4] = torch.where(ids >= 0, p[..., 4], torch.zeros_like(p[..., 4]))  # other classes: score 0
+            return p
+        return torch.cat([p[:, :4], p[:, 4 + rows]], 1)
+
     def postprocess(self, preds):
-        """The engine's NMS; with a slicer, each image's detections merged with those of its tiles (read from the
-        original file, prepared as the image is), put back into the batch's letterboxed pixels that
-        ``update_metrics`` maps to original pixels."""
-        outs = super().postprocess(preds)
+        """The engine's NMS (on the data's classes, ``select_classes``); with a slicer, each image's detections
+        merged with those of its tiles (read from the original file, prepared as the image is), put back into the
+        batch's letterboxed pixels that ``update_metrics`` maps to original pixels."""
+        outs = super().postprocess(self.select_classes(preds))
         if self.slicer is None or self.training:
             return outs
         import cv2
 
-        from sodet.engine.predictor import detect_images, eval_nms
-
         a, img = self.args, self.batch["img"]
         imgsz = a.imgsz if isinstance(a.imgsz, int) else max(a.imgsz)
         center = (self.options or RunOptions()).letterbox == "center"
-        nms_fn = lambda p: eval_nms(p, a.conf, a.iou, a.max_det, None, a.single_cls or a.agnostic_nms, self.end2end)  # noqa: E731
+        nms_fn = lambda p: eval_nms(self.select_classes(p), a.conf, a.iou, a.max_det, None, a.single_cls or a.agnostic_nms, self.end2end)  # noqa: E731
         detect = lambda crops: detect_images(self.backend, crops, imgsz, center, nms_fn, img.dtype == torch.float16)  # noqa: E731
         for si, out in enumerate(outs):
             im0 = cv2.imread(self.batch["im_file"][si])

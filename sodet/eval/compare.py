@@ -11,10 +11,8 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Any
 
-import typer
-from rich.console import Console
 from rich.table import Table
 
 from sodet.errors import SodetError
@@ -234,22 +232,6 @@ def default_out_dir(names: list[str]) -> Path:
     if len(name) > 80:
         name = f"{safe[0][:60]}-vs-{len(safe) - 1}-runs"
     return Path("runs") / "compare" / name
-
-
-def compare_command(
-    runs: Annotated[list[Path], typer.Argument(help="Run directories or metrics.json files; the first is the baseline.")],
-    out: Annotated[
-        Optional[Path], typer.Option("--out", help="Output directory (default: runs/compare/<names>).")
-    ] = None,
-) -> None:
-    """Compare evaluated runs: AP/AR per object size with the relative change vs the first run."""
-    if out is None:
-        out = default_out_dir(run_names([find_metrics(Path(p)) for p in runs]))
-    comparison = compare(runs, out)
-    console = Console()
-    console.print(comparison.to_rich())
-    for path in comparison.files.values():
-        console.print(f"wrote {path}")
 
 
 def _dataset_of(run: RunRecord) -> dict[str, Any]:

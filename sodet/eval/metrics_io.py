@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -70,10 +72,38 @@ def write_metrics(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics_path = out_dir / METRICS_FILE
-    metrics_path.write_text(json.dumps(record, indent=2, default=_jsonable) + "\n")
-    with open(out_dir / PREDICTIONS_FILE, "w") as f:
-        json.dump([_prediction(p) for p in predictions], f, separators=(",", ":"))
+    # predictions first: a metrics.json (what marks an evaluation, or a study's cell, as done) always has its
+    # detections beside it; each file is written whole or not at all
+    write_text_atomic(out_dir / PREDICTIONS_FILE, json.dumps([_prediction(p) for p in predictions], separators=(",", ":")))
+    write_text_atomic(metrics_path, json.dumps(record, indent=2, default=_jsonable) + "\n")
     return metrics_path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to a temporary file beside ``path``, flush it to disk and rename it over ``path``: a kill at
+    any moment leaves the old file or the new one, never a truncated one. A full disk ends in one line naming the
+    path and the free space, the old file intact."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise SodetError(f"cannot write {path}: {e.strerror or e}{free_space_note(path.parent)}") from None
+    return path
+
+
+def free_space_note(folder: Path) -> str:
+    import shutil
+
+    try:
+        return f" ({shutil.disk_usage(folder).free / 2**20:.0f} MiB free in {folder})"
+    except OSError:
+        return ""
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:

@@ -1,9 +1,11 @@
 """Statistics over seeds: is a method's change larger than what re-running the baseline with another seed gives?
 
-The reference study reported single runs, and its changes of 1-3 % may be noise. Here each setting runs with the
-same N seeds; a seed fixes the data order and augmentation, so run k of a method and run k of the baseline form a
-pair, and a paired t-test over seeds removes the seed-to-seed spread both share. Student's t (scipy) gives the
-confidence interval of a mean and the test's p-value: with 3-5 seeds a normal approximation would be far too narrow.
+Each setting runs with the same N seeds; where a setting draws the same sample stream as the baseline (the same
+epoch length and images), run k of both sees the same batches, and a paired t-test over seeds removes the
+seed-to-seed spread both share. Student's t (``scipy.stats``) gives the confidence intervals and p-values: with
+3-5 seeds a normal approximation would be far too narrow. Many settings and metrics are tested at once, so the
+verdicts are Holm-corrected (``holm``): the primary metric across settings, the secondary ones across settings x
+metrics.
 """
 
 from __future__ import annotations
@@ -36,8 +38,8 @@ class MeanCI:
 
 
 def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> MeanCI | None:
-    """Mean ± t_{(1+confidence)/2, n-1} * s / sqrt(n), s the sample standard deviation; None for no values."""
-    from scipy.stats import t
+    """Mean ± t_{(1+confidence)/2, n-1} * s / sqrt(n) (scipy's one-sample t interval); None for no values."""
+    from scipy import stats
 
     n = len(values)
     if n == 0:
@@ -45,44 +47,82 @@ def mean_ci(values: Sequence[float], confidence: float = CONFIDENCE) -> MeanCI |
     mean = math.fsum(values) / n
     if n < 2:
         return MeanCI(mean, None, n)
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    return MeanCI(mean, float(t.ppf((1 + confidence) / 2, n - 1)) * sd / math.sqrt(n), n)
+    spread = max(values) - min(values)
+    if spread == 0:
+        return MeanCI(mean, 0.0, n)
+    low, high = stats.ttest_1samp(values, 0.0).confidence_interval(confidence)
+    return MeanCI(mean, float(high - low) / 2, n)
 
 
 def paired_t_test(a: Sequence[float], b: Sequence[float]) -> float | None:
-    """Two-sided p-value of the paired t-test of b against a (pairs in order); None with fewer than 2 pairs.
+    """Two-sided p-value of scipy's paired t-test of b against a (pairs in order); None with fewer than 2 pairs.
 
     Differences that are all equal have no spread: p is 1.0 when they are all zero (the same result: nothing
-    to detect; scipy says nan) and 0.0 otherwise (every seed moved by exactly the same amount; scipy agrees)."""
-    from scipy.stats import t
+    to detect; scipy says nan) and 0.0 otherwise (every seed moved by exactly the same amount)."""
+    from scipy import stats
 
     if len(a) != len(b):
         raise ValueError(f"paired test needs pairs: {len(a)} vs {len(b)} values")
-    n = len(a)
-    if n < 2:
+    if len(a) < 2:
         return None
     d = [y - x for x, y in zip(a, b)]
-    mean = math.fsum(d) / n
-    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in d) / (n - 1))
     scale = max(abs(v) for v in (*a, *b)) or 1.0  # rounding leaves ~1e-17 of spread in equal differences
-    if sd <= 1e-12 * scale:
-        return 1.0 if abs(mean) <= 1e-12 * scale else 0.0
-    statistic = mean / (sd / math.sqrt(n))
-    return float(2 * t.sf(abs(statistic), n - 1))
+    if max(d) - min(d) <= 1e-12 * scale:
+        return 1.0 if abs(math.fsum(d) / len(d)) <= 1e-12 * scale else 0.0
+    return float(stats.ttest_rel(b, a).pvalue)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """Mean over seeds of (setting - baseline), its t-based confidence interval and the paired test's p-value."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    p: float | None
+    n: int
+
+
+def paired_difference(base: Sequence[float], other: Sequence[float], confidence: float = CONFIDENCE) -> PairedDifference | None:
+    """The paired difference of two settings over the seeds both finished (pairs in order)."""
+    if not base or len(base) != len(other):
+        return None
+    d = [y - x for x, y in zip(base, other)]
+    ci = mean_ci(d, confidence)
+    return PairedDifference(ci.mean, ci.low, ci.high, paired_t_test(base, other), len(d))
+
+
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjusted p-values (a test rejects at alpha when its adjusted p is below alpha; the family-
+    wise error rate stays at alpha). None entries (no test) stay None and are not counted."""
+    indexed = [(p, i) for i, p in enumerate(pvalues) if p is not None]
+    m = len(indexed)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(sorted(indexed)):
+        running = max(running, min(1.0, (m - rank) * p))
+        out[i] = running
+    return out
+
+
+def verdict_of(change: float | None, p: float | None, alpha: float = ALPHA) -> str:
+    """better / worse / within noise (higher is better, as for every COCO AP and AR) from a (corrected) p-value."""
+    if change is None:
+        return NOT_AVAILABLE
+    if p is None:
+        return ONE_SEED
+    if p >= alpha:
+        return NOISE
+    return BETTER if change > 0 else WORSE
 
 
 def verdict(base: Sequence[float], other: Sequence[float], alpha: float = ALPHA) -> tuple[str, float | None]:
-    """better / worse / within noise (higher is better, as for every COCO AP and AR) and the p-value, from the
-    paired t-test over the seeds both settings finished; "n/a (1 seed)" when fewer than 2 pairs, "n/a" when
-    there are none (a bucket without ground truth, or no finished seed in common)."""
+    """The uncorrected verdict and p-value of one comparison (paired t-test over the seeds both finished);
+    "n/a (1 seed)" with fewer than 2 pairs, "n/a" with none."""
     if not base or not other:
         return NOT_AVAILABLE, None
     p = paired_t_test(base, other)
-    if p is None:
-        return ONE_SEED, None
-    if p >= alpha:
-        return NOISE, p
-    return (BETTER if math.fsum(other) > math.fsum(base) else WORSE), p
+    return verdict_of(math.fsum(other) - math.fsum(base), p, alpha), p
 
 
 def relative_change(base: float | None, value: float | None) -> float | None:

@@ -22,9 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Any, Optional
-
-import typer
+from typing import Any
 
 from sodet.errors import SodetError
 from sodet.eval.metrics_io import METRICS_FILE
@@ -37,9 +35,9 @@ DONE, FAILED, SKIPPED, SAME, PENDING = "done", "failed", "skipped", "same run", 
 
 def study_config() -> dict:
     """cfg/study.yaml: settings, profiles and the reference study's numbers."""
-    from sodet.models.registry import load_yaml
+    from sodet.assets import load_cfg
 
-    return load_yaml("study.yaml")
+    return load_cfg("study.yaml")
 
 
 @dataclass(frozen=True)
@@ -164,7 +162,9 @@ class Cell:
 
     @property
     def weights(self) -> Path:
-        return self.run_dir / "weights" / "best.pt"
+        """The run's final weights (what it is scored on and what it teaches with; best.pt of a run validated every
+        epoch would be chosen on the validation split)."""
+        return self.run_dir / "weights" / "last.pt"
 
     @property
     def final_dir(self) -> Path:
@@ -248,13 +248,19 @@ def build_cells(study_dir: Path, settings: Sequence[Setting], seeds: Sequence[in
     return cells
 
 
+OUTPUT_ONLY = ("val=", "plots=")  # engine options that change what a run writes, never its weights (validation
+# leaves the random generators as it found them: SodetTrainer.validate)
+
+
 def _without_output(command: list[str]) -> tuple[str, ...]:
+    """A command without what only decides where and what it writes: two cells whose commands agree on the rest
+    train the same weights."""
     out, skip = [], False
     for i, a in enumerate(command):
         if skip:
             skip = False
             continue
-        if a in {"--project", "--name"}:
+        if a in {"--project", "--name"} or (a == "-o" and i + 1 < len(command) and command[i + 1].startswith(OUTPUT_ONLY)):
             skip = True
             continue
         out.append(a)
@@ -273,10 +279,9 @@ def read_manifest(study_dir: Path) -> dict | None:
 
 
 def write_manifest(study_dir: Path, manifest: dict) -> None:
-    path = Path(study_dir) / MANIFEST
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, path)  # a kill never leaves half a manifest
+    from sodet.eval.metrics_io import write_text_atomic
+
+    write_text_atomic(Path(study_dir) / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # never half a manifest
 
 
 def check_same_options(manifest: dict, opts: StudyOptions, study_dir: Path) -> None:
@@ -508,29 +513,12 @@ def resolve_test_split(data: str, requested: str) -> str | None:
 
 
 def check_models(*models: str | None) -> None:
-    """Registry names or existing .pt files: refused here, not once per cell."""
-    from sodet.models.registry import get_entry
+    """Registry names or existing checkpoints: refused here, not once per cell (nothing is downloaded yet)."""
+    from sodet.models.resolve import resolve_model
 
     for model in models:
-        if model is None:
-            continue
-        if str(model).endswith(".pt"):
-            if not Path(model).is_file():
-                raise SodetError(f"model checkpoint not found: {model}")
-        else:
-            get_entry(model)
-
-
-def check_overrides(overrides: dict) -> None:
-    """-o keys the engine knows and sodet's runs honour (each cell would fail on them otherwise)."""
-    from ultralytics.cfg import DEFAULT_CFG_DICT
-
-    from sodet.api import check_engine_keys
-
-    check_engine_keys(overrides)
-    unknown = sorted(k for k in overrides if k not in DEFAULT_CFG_DICT)
-    if unknown:
-        raise SodetError(f"-o {unknown[0]}=...: not an engine argument")
+        if model is not None:
+            resolve_model(model, fetch=False)
 
 
 def _path_or_name(value: str | None) -> str | None:
@@ -547,50 +535,19 @@ def default_name(opts: StudyOptions) -> str:
     return f"{Path(opts.student).stem}-{data_name}-{opts.profile}"
 
 
-def study_command(
-    student: Annotated[str, typer.Option("--student", help="student model: registry name (sodet zoo) or .pt")] = "yolox-nano",
-    teacher: Annotated[Optional[str], typer.Option("--teacher", help="teacher model (default: the student: self-distillation)")] = None,
-    student_weights: Annotated[Optional[str], typer.Option("--student-weights", help="student's initial weights (default: its shipped ones)")] = None,
-    teacher_weights: Annotated[Optional[str], typer.Option("--teacher-weights", help="teacher's initial weights (default: its shipped ones)")] = None,
-    data: Annotated[Optional[str], typer.Option("--data", help="COCO folder or data YAML (default: the profile's)")] = None,
-    classes: Annotated[Optional[str], typer.Option("--classes", help="class names, e.g. person,car")] = None,
-    seeds: Annotated[Optional[int], typer.Option("--seeds", help="seeds 0..N-1 per setting (default: the profile's)")] = None,
-    profile: Annotated[str, typer.Option("--profile", help="smoke | cpu | gpu (cfg/study.yaml)")] = "smoke",
-    only: Annotated[Optional[str], typer.Option("--only", help="settings to run, e.g. baseline,cp,cwd3")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="print the cells' commands, run nothing")] = False,
-    report: Annotated[Optional[Path], typer.Option("--report", help="re-render the report of a study folder")] = None,
-    project: Annotated[str, typer.Option("--project", help="output root")] = "runs/study",
-    name: Annotated[Optional[str], typer.Option("--name", help="study name (default: <student>-<data>-<profile>, so the same command resumes)")] = None,
-    epochs: Annotated[Optional[int], typer.Option("--epochs", help="(default: the profile's)")] = None,
-    imgsz: Annotated[Optional[int], typer.Option("--imgsz", help="(default: the profile's)")] = None,
-    batch: Annotated[Optional[int], typer.Option("--batch", help="(default: the profile's)")] = None,
-    workers: Annotated[Optional[int], typer.Option("--workers", help="(default: the profile's)")] = None,
-    device: Annotated[Optional[str], typer.Option("--device", help="(default: the profile's)")] = None,
-    override: Annotated[Optional[list[str]], typer.Option("--override", "-o", help="engine argument KEY=VALUE for every cell")] = None,
-    distill_args: Annotated[Optional[str], typer.Option("--distill-args", help="extra options of the distill cells, e.g. '--tau 2'")] = None,
-    test_split: Annotated[Optional[str], typer.Option("--test-split", help="split of the final numbers: auto (test where the data has one), none (val), or a name")] = None,
-) -> None:
-    """The reference study's matrix (baseline, copy-paste, weighted loss, teacher, CWD I/II/III, all) for N seeds,
-    with mean, 95% CI and a paired test per setting in runs/study/<name>/report.md."""
-    from rich.console import Console
-
+def run(
+    *, console, dry_run: bool = False, overrides: list[str] | None = None, distill_args: str | None = None,
+    primary: str | None = None, **given,
+) -> Path | None:
+    """``sodet study``: plan the cells, run the unfinished ones (or print them with ``dry_run``), render the report.
+    ``given``: the options of ``plan``. Returns the study folder (None for a dry run)."""
     from sodet.eval.study_report import render_report
-
-    console = Console(highlight=False, soft_wrap=True)  # commands stay one line: they are meant to be copied
-    if report is not None:
-        for path in render_report(report, console):
-            console.print(f"wrote {path}")
-        return
-
-    from sodet.cli import parse_overrides
+    from sodet.options import check_known_engine_keys, parse_overrides
 
     study_dir, opts, chosen, seed_list, cells, notes = plan(
-        student=student, teacher=teacher, student_weights=student_weights, teacher_weights=teacher_weights, data=data,
-        classes=classes, seeds=seeds, profile=profile, only=only, project=project, name=name, epochs=epochs,
-        imgsz=imgsz, batch=batch, workers=workers, device=device, overrides=parse_overrides(override),
-        distill_args=shlex.split(distill_args) if distill_args else None, test_split=test_split,
+        overrides=parse_overrides(overrides), distill_args=shlex.split(distill_args) if distill_args else None, **given,
     )
-    check_overrides(opts.overrides)
+    check_known_engine_keys(opts.overrides)
     for note in notes:
         console.print(f"note: {note}")
     manifest = read_manifest(study_dir)
@@ -603,7 +560,7 @@ def study_command(
             print(cell.shell())
             if cell.eval_command and cell.same_as is None:
                 print(cell.eval_shell())
-        return
+        return None
     study_dir.mkdir(parents=True, exist_ok=True)
     manifest = manifest or {"created": now()}
     invocation = {"started": now(), **provenance(),
@@ -611,16 +568,17 @@ def study_command(
     manifest.setdefault("invocations", []).append(invocation)
     manifest.update(
         options=opts.to_dict(), machine=invocation["machine"], provenance=invocation,
-        primary=manifest.get("primary") or study_config().get("primary", "APs"),
+        primary=primary or manifest.get("primary") or study_config().get("primary", "APs"),
         settings=_merge_order(manifest.get("settings", []), [s.name for s in settings_from(study_config()).values()
                                                               if any(c.setting.name == s.name for c in cells)]),
         seeds=sorted(set(manifest.get("seeds", [])) | set(seed_list)),
-        command=shlex.join(["sodet", "study", *sys.argv[2:]]) if sys.argv[1:2] == ["study"] else None,
+        command=invocation["command"],
     )
     write_manifest(study_dir, manifest)
     run_study(study_dir, cells, manifest, echo=console.print)
     for path in render_report(study_dir, console):
         console.print(f"wrote {path}")
+    return study_dir
 
 
 def _merge_order(old: list[str], new: list[str]) -> list[str]:

@@ -1,27 +1,44 @@
-"""A study's report: per setting the mean and 95% CI over seeds, the change vs baseline with a paired test's
-verdict, the reference study's own numbers beside ours, bar charts per object size, the run time per setting.
+"""A study's report: what each setting changed, per object size, and whether that is more than noise.
 
-Everything is read back from the study folder (``study.json`` and each cell's metrics.json), so
-``sodet study --report DIR`` renders the same files at any time, also from a study that is still running.
+For every setting against the baseline: the paired difference of the primary metric (mean over seeds and its t
+interval), an image-level bootstrap interval of the same difference (the choice of evaluation images is noise
+too), the test (paired where the two settings drew the same sample stream, Welch's otherwise) and its verdict,
+Holm-corrected across the settings; the other metrics are secondary, Holm-corrected across settings x metrics.
+Settings that control a method's extra compute are compared with it directly. Besides: the compute of each
+setting (images seen, optimizer steps, wall time), the baseline's learning curve on the validation split, the
+reference study's numbers beside the settings whose treatment matches theirs, charts, and every cell with its
+times and the code that ran it.
+
+Everything is read back from the study folder (``study.json`` and each cell's files), so ``sodet study --report
+DIR`` renders the same files at any time, also from a study that is still running.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sodet.errors import SodetError
 from sodet.eval.compare import COMPARE_KEYS, RunRecord, check_same_data
-from sodet.eval.metrics_io import METRICS_FILE, read_metrics
-from sodet.eval.stats import ALPHA, CONFIDENCE, PAIRED_TEST, MeanCI, mean_ci, relative_change, verdict
-from sodet.eval.study import DONE, SAME, read_manifest, settings_from, study_config
-from sodet.eval.tables import NOT_AVAILABLE, format_value
+from sodet.eval.metrics_io import METRICS_FILE, PREDICTIONS_FILE, read_metrics
+from sodet.eval.stats import (
+    ALPHA, CONFIDENCE, NOT_AVAILABLE, MeanCI, PairedDifference, holm, mean_ci, paired_difference, relative_change,
+    verdict_of,
+)
+from sodet.eval.study import DONE, FINAL, SAME, read_manifest, settings_from, study_config
+from sodet.eval.tables import format_value
 
 BUCKETS = {"all": ("AP", "AR100"), "small": ("APs", "ARs"), "medium": ("APm", "ARm"), "large": ("APl", "ARl")}
 BASELINE = "baseline"
+PAIRED, WELCH = "paired t-test over seeds", "Welch's t-test over seeds"
+# COCOeval's area ranges of the AP metrics (what the image bootstrap recomputes)
+AREA_OF = {"AP": (0.0, 1e10), "APs": (0.0, 32.0**2), "APm": (32.0**2, 96.0**2), "APl": (96.0**2, 1e10)}
+CURVE_KEY = "metrics/AP_coco(B)"  # results.csv: COCO AP of each validated epoch
+FLAT = 5.0  # % relative AP the last epoch may add for a learning curve to count as flattened
 
 
 @dataclass
@@ -30,11 +47,33 @@ class CellResult:
     seed: int
     status: str
     metrics: dict[str, Any] | None
-    seconds: float | None  # wall time of the cell's run; None when it did not run in this study
-    seconds_source: str
+    seconds: float | None  # wall time of the cell's training; None when it did not run in this study
     run_dir: Path
+    final_dir: Path
+    record: dict = field(default_factory=dict)
+    training: dict | None = None  # training.json: samples, images seen, optimizer steps
+    curve: list[float] = field(default_factory=list)  # COCO AP on val per epoch (settings that validate every epoch)
     same_as: str | None = None
     error: str | None = None
+
+
+@dataclass
+class Comparison:
+    """One setting against another on one metric."""
+
+    metric: str
+    difference: PairedDifference | None
+    change: float | None  # relative change of the means, %
+    test: str
+    p: float | None
+    p_holm: float | None = None
+    bootstrap: Any = None  # sodet.eval.bootstrap.BootstrapCI
+
+    @property
+    def verdict(self) -> str:
+        if self.difference is None:
+            return NOT_AVAILABLE
+        return verdict_of(self.difference.mean, self.p_holm if self.p_holm is not None else self.p)
 
 
 @dataclass
@@ -42,30 +81,41 @@ class SettingSummary:
     name: str
     label: str
     cells: list[CellResult]
+    control_of: str | None = None
+    reference_row: str | None = None
     stats: dict[str, MeanCI | None] = field(default_factory=dict)
-    change: dict[str, float | None] = field(default_factory=dict)
-    verdict: dict[str, tuple[str, float | None]] = field(default_factory=dict)
+    vs_baseline: dict[str, Comparison] = field(default_factory=dict)
+    paired: bool | None = None  # same sample stream as the baseline, seed by seed
     reference: list[float] | None = None
-    reference_change: dict[str, float | None] = field(default_factory=dict)
 
     def values(self, key: str) -> dict[int, float]:
         """Seed -> value of the finished cells (a bucket without ground truth has none)."""
-        out = {}
-        for c in self.cells:
-            if c.metrics is not None and c.metrics.get(key) is not None:
-                out[c.seed] = float(c.metrics[key])
-        return out
+        return {c.seed: float(c.metrics[key]) for c in self.cells if c.metrics is not None and c.metrics.get(key) is not None}
 
     @property
     def same_runs_as(self) -> str | None:
-        """The setting whose runs stand for all of this one's (a teacher identical to the student)."""
         targets = {c.same_as.split("/")[0] if c.same_as else None for c in self.cells}
         return targets.pop() if len(targets) == 1 and None not in targets else None
 
+    def mean_of(self, fn) -> float | None:
+        values = [v for c in self.cells if c.same_as is None and c.metrics is not None and (v := fn(c)) is not None]
+        return sum(values) / len(values) if values else None
+
     @property
     def seconds(self) -> float | None:
-        times = [c.seconds for c in self.cells if c.seconds is not None and c.same_as is None and c.metrics is not None]
-        return sum(times) / len(times) if times else None
+        return self.mean_of(lambda c: c.seconds)
+
+    @property
+    def images_seen(self) -> float | None:
+        return self.mean_of(lambda c: (c.training or {}).get("images_seen"))
+
+    @property
+    def optimizer_steps(self) -> float | None:
+        return self.mean_of(lambda c: (c.training or {}).get("optimizer_steps"))
+
+    @property
+    def epochs(self) -> float | None:
+        return self.mean_of(lambda c: (c.training or {}).get("epochs_done"))
 
 
 @dataclass
@@ -75,59 +125,70 @@ class StudyResults:
     settings: list[SettingSummary]
     family: str | None
     dataset: dict | None
+    primary: str
+    controls: list[tuple[str, str, Comparison]] = field(default_factory=list)  # (setting, its control, comparison)
 
     def setting(self, name: str) -> SettingSummary | None:
         return next((s for s in self.settings if s.name == name), None)
 
 
-def collect(study_dir: Path) -> StudyResults:
-    """Read the study folder: every recorded cell's state, metrics and time, and the statistics per setting."""
+# reading -----------------------------------------------------------------------------------------------------
+def collect(study_dir: Path, primary: str | None = None, resamples: int | None = None) -> StudyResults:
+    """Read the study folder: every recorded cell's state, numbers and costs, and the statistics per setting."""
     study_dir = Path(study_dir)
     manifest = read_manifest(study_dir)
     if manifest is None:
         raise SodetError(f"{study_dir / 'study.json'} not found: not a sodet study folder (run sodet study first)")
     config = study_config()
     known = settings_from(config)
+    primary = primary or manifest.get("primary") or config.get("primary", "APs")
+    if primary not in COMPARE_KEYS:
+        raise SodetError(f"--primary {primary}: not one of the report's metrics ({', '.join(COMPARE_KEYS)})")
     records = manifest.get("cells", {})
     summaries = []
     for name in manifest.get("settings", []):
-        cells = []
-        for seed in manifest.get("seeds", []):
-            record = records.get(f"{name}/seed{seed}")
-            if record is None:
-                continue
-            cells.append(_cell_result(study_dir, name, seed, record))
-        label = known[name].label if name in known else name
-        summaries.append(SettingSummary(name, label, cells))
-    finished = [RunRecord(f"{c.setting}/seed{c.seed}", c.run_dir / METRICS_FILE, c.metrics)
+        cells = [_cell_result(study_dir, name, seed, records[f"{name}/seed{seed}"])
+                 for seed in manifest.get("seeds", []) if f"{name}/seed{seed}" in records]
+        spec = known.get(name)
+        summaries.append(SettingSummary(name, spec.label if spec else name, cells, spec.control_of if spec else None,
+                                        spec.reference if spec else None))
+    finished = [RunRecord(f"{c.setting}/seed{c.seed}", c.final_dir / METRICS_FILE, c.metrics)
                 for s in summaries for c in s.cells if c.metrics is not None]
     if finished:
         check_same_data(finished)
-    results = StudyResults(study_dir, manifest, summaries, _family(manifest), finished[0].metrics["dataset"] if finished else None)
-    _statistics(results, config)
+    results = StudyResults(study_dir, manifest, summaries, _family(manifest), finished[0].metrics["dataset"] if finished else None,
+                           primary)
+    _statistics(results, config, resamples if resamples is not None else int(config.get("bootstrap_resamples", 2000)))
     return results
 
 
 def _cell_result(study_dir: Path, name: str, seed: int, record: dict) -> CellResult:
     same_as = record.get("same_as")
     run_dir = study_dir / same_as if same_as else study_dir / name / f"seed{seed}"
+    final_dir = run_dir / FINAL if record.get("eval_command") else run_dir
     status = record.get("status", "")
-    metrics_path = run_dir / METRICS_FILE
-    metrics = read_metrics(metrics_path) if status in {DONE, SAME} and metrics_path.is_file() else None
-    seconds, source = record.get("seconds"), "wall time of the cell's process"
-    if metrics is not None and seconds is None and same_as is None:
-        seconds, source = _results_csv_time(run_dir), "results.csv (training and per-epoch validation only)"
-    return CellResult(name, seed, status, metrics, None if same_as else seconds, source, run_dir, same_as, record.get("error"))
+    path = final_dir / METRICS_FILE
+    metrics = read_metrics(path) if status in {DONE, SAME} and path.is_file() else None
+    training = _read_json(run_dir / "training.json")
+    return CellResult(name, seed, status, metrics, None if same_as else record.get("seconds"), run_dir, final_dir,
+                      record, training, _curve(run_dir), same_as, record.get("error"))
 
 
-def _results_csv_time(run_dir: Path) -> float | None:
-    """The engine's ``time`` column: seconds from the start of training to the end of the last epoch."""
-    path = run_dir / "results.csv"
+def _read_json(path: Path) -> dict | None:
     try:
-        rows = list(csv.DictReader(path.read_text().splitlines()))
-        return float(rows[-1]["time"]) if rows else None
-    except (OSError, KeyError, ValueError):
+        return json.loads(path.read_text()) if path.is_file() else None
+    except (OSError, ValueError):
         return None
+
+
+def _curve(run_dir: Path) -> list[float]:
+    """COCO AP of each validated epoch (results.csv); empty for runs validated only at their end."""
+    try:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader((run_dir / "results.csv").read_text().splitlines())]
+    except OSError:
+        return []
+    values = [float(r.get(CURVE_KEY) or 0) for r in rows]
+    return values if len(values) > 1 and all(v > 0 for v in values) else []
 
 
 def _family(manifest: dict) -> str | None:
@@ -139,24 +200,111 @@ def _family(manifest: dict) -> str | None:
         return None
 
 
-def _statistics(results: StudyResults, config: dict) -> None:
+# statistics --------------------------------------------------------------------------------------------------
+def same_stream(a: SettingSummary, b: SettingSummary) -> bool | None:
+    """Whether run k of ``a`` drew the batches of run k of ``b`` for every common seed: the same samples per epoch
+    (which and how many), epochs and batch size. None when a run's training.json is missing."""
+    by_seed = {c.seed: c.training for c in b.cells}
+    pairs = [(c.training, by_seed[c.seed]) for c in a.cells if c.seed in by_seed]
+    if not pairs or any(x is None or y is None for x, y in pairs):
+        return None
+    keys = ("sample_stream", "epochs", "batch", "seed")
+    return all(all(x.get(k) == y.get(k) for k in keys) for x, y in pairs)
+
+
+def compare_settings(base: SettingSummary, other: SettingSummary, key: str, paired: bool | None) -> Comparison:
+    """``other`` vs ``base`` on ``key`` over their common seeds: paired where the runs are, Welch's otherwise."""
+    from scipy import stats
+
+    b, o = base.values(key), other.values(key)
+    common = sorted(set(b) & set(o))
+    bm = mean_ci(list(b.values()))
+    om = mean_ci(list(o.values()))
+    change = relative_change(bm.mean if bm else None, om.mean if om else None)
+    if paired or paired is None:
+        diff = paired_difference([b[s] for s in common], [o[s] for s in common])
+        return Comparison(key, diff, change, PAIRED, diff.p if diff else None)
+    bv, ov = list(b.values()), list(o.values())
+    if len(bv) < 2 or len(ov) < 2:
+        diff = PairedDifference(om.mean - bm.mean, None, None, None, min(len(bv), len(ov))) if bm and om else None
+        return Comparison(key, diff, change, WELCH, None)
+    if max(bv + ov) - min(bv + ov) == 0:
+        return Comparison(key, PairedDifference(0.0, 0.0, 0.0, 1.0, min(len(bv), len(ov))), change, WELCH, 1.0)
+    t = stats.ttest_ind(ov, bv, equal_var=False)
+    low, high = t.confidence_interval(CONFIDENCE)
+    diff = PairedDifference(om.mean - bm.mean, float(low), float(high), float(t.pvalue), min(len(bv), len(ov)))
+    return Comparison(key, diff, change, WELCH, float(t.pvalue))
+
+
+def _statistics(results: StudyResults, config: dict, resamples: int) -> None:
     base = results.setting(BASELINE)
     reference = (config.get("reference") or {}).get(results.family or "", {})
+    opts = results.manifest.get("options", {})
+    real_teacher = opts.get("teacher") not in (None, opts.get("student"))
     for s in results.settings:
-        ref = reference.get(s.name)
-        s.reference = list(ref) if ref else None
-        for key in COMPARE_KEYS:
-            values = s.values(key)
-            s.stats[key] = mean_ci([values[k] for k in sorted(values)], CONFIDENCE)
-            if base is None or s is base:
-                continue
-            base_values = base.values(key)
-            common = sorted(set(values) & set(base_values))
-            s.verdict[key] = verdict([base_values[k] for k in common], [values[k] for k in common], ALPHA)
-            b, v = base.stats.get(key) or mean_ci([base_values[k] for k in sorted(base_values)]), s.stats[key]
-            s.change[key] = relative_change(b.mean if b else None, v.mean if v else None)
-        if ref and reference.get(BASELINE) and s.name != BASELINE:
-            s.reference_change = {k: relative_change(reference[BASELINE][i], ref[i]) for i, k in enumerate(COMPARE_KEYS)}
+        s.stats = {k: mean_ci([v for _, v in sorted(s.values(k).items())]) for k in COMPARE_KEYS}
+        if s.reference_row and reference.get(s.reference_row) and (real_teacher or not _teaches_or_taught(s.name)):
+            s.reference = list(reference[s.reference_row])
+        if base is None or s is base or s.same_runs_as == BASELINE:
+            continue
+        s.paired = same_stream(s, base)
+        for k in COMPARE_KEYS:
+            s.vs_baseline[k] = compare_settings(base, s, k, s.paired)
+    others = [s for s in results.settings if s.vs_baseline]
+    # primary: Holm across settings; secondary: across settings x metrics
+    primary = [s.vs_baseline[results.primary] for s in others]
+    for c, p in zip(primary, holm([c.p for c in primary])):
+        c.p_holm = p
+    secondary = [s.vs_baseline[k] for s in others for k in COMPARE_KEYS if k != results.primary]
+    for c, p in zip(secondary, holm([c.p for c in secondary])):
+        c.p_holm = p
+    # a method against its compute-matched controls, on the primary metric (Holm across these comparisons)
+    for s in results.settings:
+        for control in results.settings:
+            if control.control_of == s.name and s.stats.get(results.primary) and control.stats.get(results.primary):
+                results.controls.append((s.name, control.name, compare_settings(control, s, results.primary, same_stream(s, control))))
+    for (_, _, c), p in zip(results.controls, holm([c.p for _, _, c in results.controls])):
+        c.p_holm = p
+    _bootstrap(results, base, resamples)
+
+
+def _teaches_or_taught(name: str) -> bool:
+    spec = settings_from(study_config()).get(name)
+    return bool(spec and (spec.teacher or spec.model == "teacher"))
+
+
+def _bootstrap(results: StudyResults, base: SettingSummary | None, resamples: int) -> None:
+    """Image-level paired bootstrap of the primary difference, for every comparison on the primary metric."""
+    area = AREA_OF.get(results.primary)
+    if area is None or base is None or resamples <= 0 or not results.dataset:
+        return
+    from sodet.eval.bootstrap import paired_bootstrap, per_image_eval
+    from sodet.eval.cocoeval import load_gt
+
+    gt = load_gt(results.dataset["gt"]) if Path(results.dataset["gt"]).is_file() else None
+    if gt is None:
+        return
+    cache: dict[Path, Any] = {}
+
+    def evals(setting: SettingSummary, seeds: list[int]):
+        out = []
+        for c in sorted(setting.cells, key=lambda c: c.seed):
+            if c.seed in seeds:
+                path = c.final_dir / PREDICTIONS_FILE
+                if path not in cache:
+                    cache[path] = per_image_eval(gt, json.loads(path.read_text()), area)
+                out.append(cache[path])
+        return out
+
+    def run(a: SettingSummary, b: SettingSummary):
+        seeds = sorted(set(a.values(results.primary)) & set(b.values(results.primary)))
+        return paired_bootstrap(evals(a, seeds), evals(b, seeds), resamples=resamples, seed=0) if seeds else None
+
+    for s in results.settings:
+        if results.primary in s.vs_baseline:
+            s.vs_baseline[results.primary].bootstrap = run(base, s)
+    for method, control, c in results.controls:
+        c.bootstrap = run(results.setting(control), results.setting(method))
 
 
 # rendering ---------------------------------------------------------------------------------------------------
@@ -172,135 +320,229 @@ def _minutes(seconds: float | None) -> str:
     return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _change_text(change: float | None) -> str:
-    return NOT_AVAILABLE if change is None else f"{change:+.1f}%"
+def _signed(v: float | None, digits: int = 4) -> str:
+    return NOT_AVAILABLE if v is None else f"{v:+.{digits}f}"
 
 
-def _verdict_text(s: SettingSummary, key: str) -> str:
-    word, p = s.verdict.get(key, (NOT_AVAILABLE, None))
-    if s.same_runs_as == BASELINE:
-        return "same runs as baseline"
-    change = s.change.get(key)
-    text = word if change is None else f"{change:+.1f}% {word}"
-    return text if p is None else f"{text} (p {p:.2g})"
+def _ci_text(low: float | None, high: float | None) -> str:
+    return NOT_AVAILABLE if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
+
+
+def _p(p: float | None) -> str:
+    return NOT_AVAILABLE if p is None else f"{p:.2g}"
+
+
+def _comparison_cells(c: Comparison) -> list[str]:
+    d, b = c.difference, c.bootstrap
+    return [
+        _signed(d.mean if d else None), _ci_text(d.low if d else None, d.high if d else None),
+        _ci_text(b.low, b.high) if b else NOT_AVAILABLE, NOT_AVAILABLE if c.change is None else f"{c.change:+.1f}%",
+        "paired" if c.test == PAIRED else "Welch", _p(c.p), _p(c.p_holm), f"**{c.verdict}**",
+    ]
+
+
+def _count(v: float | None) -> str:
+    return NOT_AVAILABLE if v is None else f"{v:,.0f}"
 
 
 def to_markdown(results: StudyResults) -> str:
     m = results.manifest
     o = m.get("options", {})
-    reference_label = study_config().get("reference", {}).get("label", "reference study")
+    prov = m.get("provenance") or {}
+    config = study_config()
+    reference_label = config.get("reference", {}).get("label", "reference study")
     overrides = ", ".join(f"{k}={v}" for k, v in o.get("overrides", {}).items()) or "none"
     seeds = m.get("seeds", [])
-    started = [c.get("started") for c in m.get("cells", {}).values() if c.get("started")]
+    starts = [c.get("started") for c in m.get("cells", {}).values() if c.get("started")]
+    ends = [c.get(k) for c in m.get("cells", {}).values() for k in ("ended", "eval_ended") if c.get(k)]
+    d = results.dataset or {}
+    split_note = (f"the **{d.get('split')}** split ({d.get('num_images')} images), never used for choosing anything"
+                  if o.get("test_split") else f"the **{d.get('split')}** split ({d.get('num_images')} images): the data "
+                  "has no test split, so these are validation numbers")
     lines = [
         f"# sodet study: {results.dir.name}",
         "",
-        f"- Student **{o.get('student')}**" + (f" ({o['student_weights']})" if o.get("student_weights") else " (its shipped weights)")
+        f"- Student **{o.get('student')}**" + (f" ({o['student_weights']})" if o.get("student_weights") else " (its default weights)")
         + f", teacher **{o.get('teacher')}**" + (f" ({o['teacher_weights']})" if o.get("teacher_weights") else "") + ".",
-        f"- Data `{o.get('data')}`" + (f", classes {o['classes']}" if o.get("classes") else "") + ".",
+        f"- Data `{o.get('data')}`" + (f", classes {o['classes']}" if o.get("classes") else "") + f"; final numbers: COCO AP/AR "
+        f"of each run's last weights on {split_note}.",
         f"- Profile **{o.get('profile')}**: epochs {o.get('epochs')}, imgsz {o.get('imgsz')}, batch {o.get('batch')}, "
         f"workers {o.get('workers')}, device {o.get('device')}; engine overrides: {overrides}"
         + (f"; distill options: {' '.join(o['distill_args'])}" if o.get("distill_args") else "") + ".",
-        f"- Seeds {', '.join(map(str, seeds))}: a seed fixes the data order and augmentation, so run k of every setting "
-        "sees the same batches and forms a pair with run k of the baseline.",
+        f"- Seeds {', '.join(map(str, seeds))}. **Primary metric: {results.primary}** (each setting vs the baseline, "
+        f"Holm-corrected across settings); every other metric is secondary (Holm across settings x metrics).",
     ]
     if m.get("command"):
         lines.append(f"- Command: `{m['command']}`")
-    lines.append(f"- Machine: {m.get('machine', NOT_AVAILABLE)}" + (f"; cells started {min(started)} to {max(started)} (UTC)" if started else "") + ".")
-    if results.dataset:
-        d = results.dataset
-        lines.append(f"- Scored: COCO AP/AR of each run's final weights on `{d.get('gt')}` (split {d.get('split')}, "
-                     f"{d.get('num_images')} images, classes {', '.join(d.get('classes', []))}).")
-    lines += ["", "## Settings", "", "| setting | what | command (first seed) |", "|---|---|---|"]
-    for s in results.settings:
-        command = m.get("cells", {}).get(f"{s.name}/seed{seeds[0]}", {}).get("command", "") if seeds else ""
-        lines.append(f"| {s.name} | {s.label} | `{command}` |")
-
-    keys = COMPARE_KEYS
-    lines += [
-        "", f"## Mean and {CONFIDENCE:.0%} confidence interval over seeds", "",
-        f"mean ± t(0.975, n-1) · s / sqrt(n) over the n finished seeds (Student's t); {NOT_AVAILABLE}: no ground truth "
-        "in that size bucket, or no finished run. Time: wall time of one run (mean over its seeds).", "",
-        "| setting | n | " + " | ".join(keys) + " | time per run |", "|---|---|" + "---|" * (len(keys) + 1),
-    ]
-    for s in results.settings:
-        n = max((st.n for st in s.stats.values() if st is not None), default=0)
-        time_text = f"(the {s.same_runs_as} runs)" if s.same_runs_as else _minutes(s.seconds)
-        lines.append(f"| {s.name} | {n} | " + " | ".join(_mean_text(s.stats.get(k)) for k in keys) + f" | {time_text} |")
+    if prov:
+        v = prov.get("versions", {})
+        lines.append(f"- Code: sodet {v.get('sodet')} at commit `{prov.get('git_commit')}`"
+                     + (" (uncommitted changes in the tree)" if prov.get("git_dirty") else " (clean tree)" if prov.get("git_dirty") is False else "")
+                     + "; " + ", ".join(f"{k} {x}" for k, x in v.items() if k not in {"sodet"} and x) + ".")
+    lines.append(f"- Machine: {m.get('machine', NOT_AVAILABLE)}" + (f"; cells ran {min(starts)} to {max(ends or starts)} (UTC)" if starts else "") + ".")
 
     base = results.setting(BASELINE)
-    lines += ["", "## Change vs baseline", ""]
+    lines += ["", "## Settings and their compute", "",
+              "Images seen and optimizer steps per run (mean over seeds, from each run's training.json); wall time of one "
+              "training run on this machine. *Paired*: run k drew the same samples per epoch, in the same order, as run k "
+              "of the baseline (a paired test); otherwise the comparison is unpaired (Welch's test).", "",
+              "| setting | what | controls | paired with baseline | epochs | images seen | optimizer steps | time per run |",
+              "|---|---|---|---|---|---|---|---|"]
+    for s in results.settings:
+        paired = "-" if s is base else "same runs" if s.same_runs_as else {True: "yes", False: "no", None: NOT_AVAILABLE}[s.paired]
+        lines.append(f"| {s.name} | {s.label} | {s.control_of or ''} | {paired} | {_count(s.epochs)} | {_count(s.images_seen)} | "
+                     f"{_count(s.optimizer_steps)} | {_minutes(s.seconds) if not s.same_runs_as else f'(the {s.same_runs_as} runs)'} |")
+
+    head = ("| setting | difference | 95% CI (seeds) | 95% CI (images, bootstrap) | relative | test | p | p (Holm) | verdict |",
+            "|---|---|---|---|---|---|---|---|---|")
+    lines += ["", f"## Primary: {results.primary} vs the baseline", ""]
     if base is None or not any(base.stats.values()):
-        lines.append("No finished baseline run: no changes or verdicts.")
+        lines.append("No finished baseline run: no differences or verdicts.")
     else:
+        boot = next((s.vs_baseline[results.primary].bootstrap for s in results.settings if results.primary in s.vs_baseline
+                     and s.vs_baseline[results.primary].bootstrap), None)
         lines += [
-            f"Relative change of the mean vs the baseline's mean, and the verdict of a {PAIRED_TEST} on the seeds both "
-            f"finished: better / worse at alpha {ALPHA}, else within noise; p in brackets; "
-            "n/a (1 seed): one pair cannot tell a change from noise.", "",
-            "| setting | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys),
+            f"Difference = mean over seeds of (setting - baseline) in {results.primary} (absolute). 95% CI (seeds): the t "
+            "interval of the paired differences (Welch's interval where the runs are not paired). 95% CI (images): an "
+            f"image-level paired bootstrap of the same difference ({boot.resamples if boot else '-'} resamples of the "
+            f"evaluation images, seed {boot.seed if boot else 0}, COCO AP recomputed exactly for each; "
+            "sodet/eval/bootstrap.py), so that the choice of evaluation images is in the interval too. Verdict from "
+            f"the Holm-corrected p at alpha {ALPHA}: better / worse, else within noise.", "", *head,
         ]
         for s in results.settings:
-            if s is not base:
-                lines.append(f"| {s.name} | " + " | ".join(_verdict_text(s, k) for k in keys) + " |")
+            if results.primary in s.vs_baseline:
+                lines.append(f"| {s.name} | " + " | ".join(_comparison_cells(s.vs_baseline[results.primary])) + " |")
+            elif s is not base and s.same_runs_as:
+                lines.append(f"| {s.name} | same runs as {s.same_runs_as} |" + " |" * 7)
+    if results.controls:
+        lines += ["", f"## Where a gain comes from: each method against its compute-matched controls ({results.primary})", "",
+                  "Difference = method - control; Holm-corrected across these comparisons.", "",
+                  "| method vs control | difference | 95% CI (seeds) | 95% CI (images, bootstrap) | relative | test | p | p (Holm) | verdict |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+        for method, control, c in results.controls:
+            lines.append(f"| {method} vs {control} | " + " | ".join(_comparison_cells(c)) + " |")
 
-    with_reference = [s for s in results.settings if s.reference]
-    if with_reference:
-        lines += [
-            "", "## Beside the reference study", "",
-            f"Theirs: **{reference_label}**, on other data and with other models (their setting's single run; in "
-            "brackets its change vs their baseline). Ours: the mean over our seeds (its change vs our baseline). "
-            "Compare the direction and size of the changes, not the values.", "",
-            "| setting | source | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys),
-        ]
-        for s in with_reference:
-            ours = [_mean_text(s.stats.get(k)).split(" ±")[0] + ("" if s.name == BASELINE else f" ({_change_text(s.change.get(k))})") for k in keys]
-            theirs = [format_value(v) + ("" if s.name == BASELINE else f" ({_change_text(s.reference_change.get(k))})")
-                      for k, v in zip(keys, s.reference)]
-            lines.append(f"| {s.name} | ours (mean) | " + " | ".join(ours) + " |")
+    keys = COMPARE_KEYS
+    if base is not None and any(s.vs_baseline for s in results.settings):
+        lines += ["", "## Secondary metrics vs the baseline", "",
+                  "Relative change of the means and the verdict (Holm-corrected across settings x secondary metrics; p in "
+                  "brackets). Secondary: read as context, not as findings.", "",
+                  "| setting | " + " | ".join(k for k in keys if k != results.primary) + " |", "|---|" + "---|" * (len(keys) - 1)]
+        for s in results.settings:
+            if s.vs_baseline:
+                cells = []
+                for k in keys:
+                    if k == results.primary:
+                        continue
+                    c = s.vs_baseline[k]
+                    cells.append(NOT_AVAILABLE if c.change is None else f"{c.change:+.1f}% {c.verdict} (p {_p(c.p_holm)})")
+                lines.append(f"| {s.name} | " + " | ".join(cells) + " |")
+
+    lines += ["", f"## Mean and {CONFIDENCE:.0%} confidence interval over seeds", "",
+              f"mean ± t(0.975, n-1) · s / sqrt(n) over the n finished seeds; {NOT_AVAILABLE}: no ground truth in that "
+              "size bucket, or no finished run.", "",
+              "| setting | n | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+    for s in results.settings:
+        n = max((st.n for st in s.stats.values() if st is not None), default=0)
+        lines.append(f"| {s.name} | {n} | " + " | ".join(_mean_text(s.stats.get(k)) for k in keys) + " |")
+
+    lines += _curve_lines(results)
+
+    shown = [s for s in results.settings if s.reference]
+    if shown:
+        lines += ["", "## Beside the reference study", "",
+                  f"Theirs: **{reference_label}**, single runs of YOLOX-tiny / GFL-R50 on COCO person+car. Ours: analogues "
+                  "of the same treatment on other data, with another model and schedule (the mean over our seeds). Only "
+                  "settings whose treatment matches theirs are shown (never a teacher equal to the student); compare the "
+                  "direction and size of the changes, not the values.", "",
+                  "| setting | source | " + " | ".join(keys) + " |", "|---|---|" + "---|" * len(keys)]
+        ref = (config.get("reference") or {}).get(results.family or "", {})
+        for s in shown:
+            ours = [_mean_text(s.stats.get(k)).split(" ±")[0] + ("" if s is base or k not in s.vs_baseline or s.vs_baseline[k].change is None
+                                                                  else f" ({s.vs_baseline[k].change:+.1f}%)") for k in keys]
+            base_ref = ref.get(BASELINE)
+            theirs = [format_value(v) + ("" if s is base or not base_ref else f" ({relative_change(base_ref[i], v):+.1f}%)")
+                      for i, (k, v) in enumerate(zip(keys, s.reference))]
+            lines.append(f"| {s.name} | ours (analogue) | " + " | ".join(ours) + " |")
             lines.append(f"| {s.name} | {reference_label} | " + " | ".join(theirs) + " |")
-        note = (study_config().get("reference", {}).get("notes") or {}).get(results.family or "")
+        note = (config.get("reference", {}).get("notes") or {}).get(results.family or "")
         if note:
             lines += ["", f"Note ({reference_label}): {note}."]
 
     lines += ["", "## Charts", "", "Mean over seeds per setting, error bars: the 95% confidence interval.", ""]
     lines += [f"![{bucket}]({bucket}.png)" for bucket in BUCKETS]
-    lines += ["", "## Cells", "", "| cell | status | time | note |", "|---|---|---|---|"]
+    lines += ["", "## Cells", "", "| cell | status | training | scoring | started | ended | commit | note |",
+              "|---|---|---|---|---|---|---|---|"]
     for s in results.settings:
         for c in s.cells:
+            r = c.record
             note = f"same run as {c.same_as}" if c.same_as else (c.error or "")
-            lines.append(f"| {c.setting}/seed{c.seed} | {c.status} | {_minutes(c.seconds)} | {note.replace('|', '/')} |")
+            lines.append(f"| {c.setting}/seed{c.seed} | {c.status} | {_minutes(r.get('seconds'))} | {_minutes(r.get('eval_seconds'))} | "
+                         f"{r.get('started', '')} | {r.get('eval_ended') or r.get('ended', '')} | {str(r.get('git_commit') or '')[:10]} | "
+                         f"{note.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+def _curve_lines(results: StudyResults) -> list[str]:
+    """The baseline's COCO AP per epoch on the validation split (mean over seeds), and whether it has flattened."""
+    base = results.setting(BASELINE)
+    curves = [c.curve for c in (base.cells if base else []) if c.curve and c.same_as is None]
+    if not curves:
+        return []
+    n = min(len(c) for c in curves)
+    mean = [sum(c[e] for c in curves) / len(curves) for e in range(n)]
+    last_gain = relative_change(mean[-2], mean[-1]) if n > 1 else None
+    flat = last_gain is not None and last_gain < FLAT
+    lines = ["", "## The baseline's learning curve", "",
+             f"COCO AP on the validation split after each epoch (mean over {len(curves)} seeds; validation never changes "
+             "training: the generators are restored around it).", "",
+             "| epoch | " + " | ".join(str(e + 1) for e in range(n)) + " |", "|---|" + "---|" * n,
+             "| AP (val) | " + " | ".join(f"{v:.3f}" for v in mean) + " |", ""]
+    if last_gain is not None:
+        lines.append(f"The last epoch added {last_gain:+.1f}% relative AP: "
+                     + (f"the curve has flattened (below {FLAT:g}%)." if flat else
+                        f"the curve has **not** flattened (more than {FLAT:g}%): a longer schedule could change the "
+                        "comparison; this is the longest schedule the profile's time budget allows."))
+    return lines
 
 
 def to_csv(results: StudyResults) -> str:
     """One row per setting and metric (long format: what a spreadsheet or pandas pivots)."""
-    label = study_config().get("reference", {}).get("label", "reference")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["setting", "metric", "n", "mean", "ci95_low", "ci95_high", "change_pct_vs_baseline", "p_value",
-                     "test", "verdict", "seconds_per_run", "reference_value", "reference_change_pct", "reference_source"])
+    writer.writerow(["setting", "metric", "role", "n", "mean", "ci95_low", "ci95_high", "difference", "difference_low",
+                     "difference_high", "bootstrap_low", "bootstrap_high", "change_pct", "test", "p", "p_holm", "verdict",
+                     "paired", "images_seen", "optimizer_steps", "seconds_per_run", "reference_value"])
     for s in results.settings:
         for i, key in enumerate(COMPARE_KEYS):
-            st = s.stats.get(key)
-            word, p = s.verdict.get(key, ("", None))
-            ref = s.reference[i] if s.reference else None
+            st, c = s.stats.get(key), s.vs_baseline.get(key)
+            d = c.difference if c else None
+            b = c.bootstrap if c else None
             writer.writerow([
-                s.name, key, st.n if st else 0, _num(st.mean if st else None), _num(st.low if st else None),
-                _num(st.high if st else None), _num(s.change.get(key)), _num(p), PAIRED_TEST if key in s.verdict else "",
-                word, _num(s.seconds), _num(ref), _num(s.reference_change.get(key)), label if ref is not None else "",
+                s.name, key, "primary" if key == results.primary else "secondary", st.n if st else 0,
+                _num(st.mean if st else None), _num(st.low if st else None), _num(st.high if st else None),
+                _num(d.mean if d else None), _num(d.low if d else None), _num(d.high if d else None),
+                _num(b.low if b else None), _num(b.high if b else None), _num(c.change if c else None),
+                c.test if c else "", _num(c.p if c else None), _num(c.p_holm if c else None), c.verdict if c else "",
+                "" if s.paired is None else s.paired, _num(s.images_seen), _num(s.optimizer_steps), _num(s.seconds),
+                _num(s.reference[i] if s.reference else None),
             ])
     return buffer.getvalue()
 
 
 def cells_csv(results: StudyResults) -> str:
-    """Every cell's own numbers: what the statistics were computed from."""
+    """Every cell's own numbers and costs: what the statistics were computed from."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["setting", "seed", "status", "seconds", *COMPARE_KEYS, "run_dir", "note"])
+    writer.writerow(["setting", "seed", "status", "seconds", "images_seen", "optimizer_steps", "sample_stream",
+                     *COMPARE_KEYS, "final_dir", "git_commit", "started", "ended", "note"])
     for s in results.settings:
         for c in s.cells:
+            t = c.training or {}
             values = [_num(c.metrics.get(k)) if c.metrics else "" for k in COMPARE_KEYS]
-            writer.writerow([c.setting, c.seed, c.status, _num(c.seconds), *values, str(c.run_dir),
+            writer.writerow([c.setting, c.seed, c.status, _num(c.seconds), t.get("images_seen", ""), t.get("optimizer_steps", ""),
+                             t.get("sample_stream", ""), *values, str(c.final_dir), c.record.get("git_commit", ""),
+                             c.record.get("started", ""), c.record.get("eval_ended") or c.record.get("ended", ""),
                              f"same run as {c.same_as}" if c.same_as else c.error or ""])
     return buffer.getvalue()
 
@@ -324,7 +566,7 @@ def save_charts(results: StudyResults, out_dir: Path) -> list[Path]:
         for ax, key in zip(axes, keys):
             stats = [s.stats.get(key) for s in results.settings]
             means = [st.mean if st else float("nan") for st in stats]
-            errors = [st.half_width if st and st.half_width is not None else float("nan") for st in stats]  # no bar
+            errors = [st.half_width if st and st.half_width is not None else float("nan") for st in stats]
             palette = [f"C{j}" for j in range(10) if j != 7]  # C7 is grey: the baseline's
             colours = ["0.55" if n == BASELINE else palette[i % len(palette)] for i, n in enumerate(names)]
             ax.bar(range(len(names)), means, yerr=errors, capsize=3, color=colours)
@@ -346,7 +588,7 @@ def save_charts(results: StudyResults, out_dir: Path) -> list[Path]:
 
 def summary_table(results: StudyResults):
     """The means per setting with their change vs baseline, as ``sodet compare`` shows runs (None: no results)."""
-    from sodet.eval.compare import Comparison
+    from sodet.eval.compare import Comparison as RunComparison
 
     runs = [
         RunRecord(s.name, results.dir / s.name, {k: st.mean if (st := s.stats.get(k)) else None for k in COMPARE_KEYS})
@@ -354,20 +596,21 @@ def summary_table(results: StudyResults):
     ]
     if not runs:
         return None
-    table = Comparison(runs).to_rich()
+    table = RunComparison(runs).to_rich()
     table.title = f"mean over seeds, change vs {runs[0].name} (verdicts: report.md)"
     return table
 
 
-def render_report(study_dir: Path, console=None) -> list[Path]:
-    """Write report.md, report.csv, cells.csv and the bucket charts into the study folder; returns the paths.
-    With a rich ``console``, the means are printed there too."""
+def render_report(study_dir: Path, console=None, primary: str | None = None, resamples: int | None = None) -> list[Path]:
+    """Write report.md, report.csv, cells.csv and the bucket charts into the study folder (each written to a
+    temporary file and renamed); returns the paths. With a rich ``console``, the means are printed there too."""
+    from sodet.eval.metrics_io import write_text_atomic
+
     study_dir = Path(study_dir)
-    results = collect(study_dir)
+    results = collect(study_dir, primary, resamples)
     if console is not None and (table := summary_table(results)) is not None:
         console.print(table)
     files = [study_dir / "report.md", study_dir / "report.csv", study_dir / "cells.csv"]
-    files[0].write_text(to_markdown(results))
-    files[1].write_text(to_csv(results))
-    files[2].write_text(cells_csv(results))
+    for path, text in zip(files, (to_markdown(results), to_csv(results), cells_csv(results))):
+        write_text_atomic(path, text)
     return files + save_charts(results, study_dir)

@@ -15,6 +15,30 @@ import torch
 from torchvision.ops import box_iou
 
 INF = 100000000
+ANCHOR_SCALE = 8  # ATSS's one square anchor per location: side 8 x stride
+
+
+def grid_points(sizes: list[tuple[int, int]], strides, device=None, dtype=torch.float32) -> list[torch.Tensor]:
+    """Per level: (H*W, 2) anchor centres (x*stride, y*stride), row-major: the engine's ``make_anchors`` with
+    MMDetection's offset 0 (not half a stride), scaled to pixels."""
+    from ultralytics.utils.tal import make_anchors
+
+    feats = [torch.empty((1, 1, h, w), device=device, dtype=dtype) for h, w in sizes]
+    points, _ = make_anchors(feats, torch.as_tensor([float(s) for s in strides]), grid_cell_offset=0.0)
+    out, start = [], 0
+    for (h, w), s in zip(sizes, strides):
+        out.append(points[start:start + h * w] * s)
+        start += h * w
+    return out
+
+
+def level_anchors(sizes: list[tuple[int, int]], strides, device=None, dtype=torch.float32) -> list[torch.Tensor]:
+    """Per level: (H*W, 4) xyxy square anchors of side ANCHOR_SCALE x stride (what ATSS matches against)."""
+    out = []
+    for p, s in zip(grid_points(sizes, strides, device, dtype), strides):
+        half = ANCHOR_SCALE * s * 0.5
+        out.append(torch.cat([p - half, p + half], 1))
+    return out
 
 
 class Assignment(NamedTuple):

@@ -5,7 +5,7 @@ Normalisation (what makes the numbers MMDetection's): QFL is summed over every l
 the number of positives in the batch; GIoU (x2.0) and DFL (x0.25, the 4 sides averaged) are weighted per positive
 by its detached max class score and divided by the sum of those weights (at least 1). Box quantities are in
 stride units, where MMDetection computes them. The per-positive GIoU term ``1 - GIoU`` goes through ``box_loss``
-(``SmallWeightedGIoULoss``), which is where ``--weighted-loss`` re-weights small targets.
+(``RuleGIoULoss``), where sodet's ``BoxRule`` (e.g. ``--weighted-loss``) applies.
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sodet.losses.atss import atss_assign
-from sodet.losses.giou import SmallWeightedGIoULoss
-from sodet.options import SMALL_AREA
+from sodet.losses.atss import atss_assign, grid_points, level_anchors
+from sodet.losses.giou import RuleGIoULoss
 
 EPS = torch.finfo(torch.float32).eps  # MMDetection adds it to every avg_factor
 
@@ -71,13 +70,11 @@ class GflLoss(nn.Module):
         super().__init__()
         self.topk, self.beta = topk, beta
         self.weight_cls, self.weight_bbox, self.weight_dfl = weight_cls, weight_bbox, weight_dfl
-        self.box_loss = SmallWeightedGIoULoss()  # W = 1: torchvision's 1 - GIoU; --weighted-loss replaces it
+        self.box_loss = RuleGIoULoss()  # torchvision's 1 - GIoU; the GFL family installs a run's BoxRule here
 
     def targets(self, head, sizes, gt_bboxes: list[torch.Tensor], gt_labels: list[torch.Tensor], device):
         """Anchors, points, per-anchor strides and, per image, the ATSS assignment, class labels (background =
         num_classes) and box targets (xyxy input pixels)."""
-        from sodet.models.gfl import grid_points, level_anchors
-
         anchors = level_anchors(sizes, head.strides, device)
         num_level = [a.shape[0] for a in anchors]
         points = torch.cat(grid_points(sizes, head.strides, device))
@@ -137,12 +134,3 @@ class GflLoss(nn.Module):
         if details:
             out.update(assign=assigns, labels=labels, bbox_targets=boxes, anchors=anchors)
         return out
-
-
-def install_gfl(loss: GflLoss, weight: float, small_area: float = SMALL_AREA, form: str = "study") -> GflLoss:
-    """Give GFL's box term the small-object weighting: ``1 - W*GIoU`` (study) or ``W*(1 - GIoU)`` (scale) on
-    positives whose assigned box is small; installing again replaces it. Returns the loss."""
-    if not isinstance(loss, GflLoss):
-        raise TypeError(f"expected a GflLoss, got {type(loss).__name__}")
-    loss.box_loss = SmallWeightedGIoULoss(weight, small_area, form)
-    return loss

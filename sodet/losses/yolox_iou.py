@@ -1,4 +1,4 @@
-"""Small-object weighting for pixeltable-yolox's box loss, by subclassing ``IouLoss``.
+"""YOLOX's box term through sodet's ``BoxRule``, by subclassing pixeltable-yolox's ``IouLoss``.
 
 ``YoloxHead.get_losses`` calls ``self.iou_loss(pred_cxcywh, target_cxcywh)`` on the matched pairs, boxes in
 input pixels, and sums the per-target result itself; replacing ``head.iou_loss`` with this subclass changes the
@@ -10,44 +10,31 @@ from __future__ import annotations
 import torch
 from yolox.models.losses import IouLoss
 
-from sodet.losses.small_weighted import check_small_weighting, small_target_loss
-from sodet.options import SMALL_AREA
+from sodet.losses.box_rule import BoxRule, cxcywh_to_xyxy
 
 
-class SmallWeightedIouLoss(IouLoss):
-    """``IouLoss`` whose small targets get ``1 - W*IoU^2`` (study) or ``W*(1 - IoU^2)`` (scale).
+class RuleIouLoss(IouLoss):
+    """``IouLoss`` (``1 - IoU^2``, or ``1 - GIoU`` with ``loss_type="giou"``) with the rule applied per target.
+    With a rule that changes nothing it is the stock loss bit for bit. Per-target output (``reduction="none"``),
+    which is how the head uses it."""
 
-    The per-target values come from ``IouLoss.forward`` itself (``1 - IoU^2``, or ``1 - GIoU`` with
-    ``loss_type="giou"``), so ``weight=1`` is the stock loss bit for bit. Per-target output only
-    (``reduction="none"``), which is how the head uses it.
-    """
-
-    def __init__(
-        self, weight: float = 1.0, small_area: float = SMALL_AREA, form: str = "study", loss_type: str = "iou"
-    ):
-        check_small_weighting(weight, small_area, form)
+    def __init__(self, rule: BoxRule | None = None, loss_type: str = "iou"):
         super().__init__(reduction="none", loss_type=loss_type)
-        self.weight = float(weight)
-        self.small_area = float(small_area)
-        self.form = form
+        self.rule = rule or BoxRule()
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         box_loss = super().forward(pred, target)
-        target_area = target.reshape(-1, 4)[:, 2:].prod(1)  # cx, cy, w, h in input pixels
-        return small_target_loss(box_loss, target_area, self.weight, self.small_area, self.form)
+        p, t = pred.reshape(-1, 4), target.reshape(-1, 4)
+        return self.rule(box_loss, cxcywh_to_xyxy(p), cxcywh_to_xyxy(t))
+
+    def __setstate__(self, state):
+        """Checkpoints of sodet 0.3 hold ``SmallWeightedIouLoss`` with weight / small_area / form attributes."""
+        super().__setstate__(state)
+        if "rule" not in self.__dict__:
+            self.rule = BoxRule(state.get("weight"), state.get("small_area", 1024.0), state.get("form", "study"))
 
     def extra_repr(self) -> str:
-        return f"weight={self.weight}, small_area={self.small_area}, form={self.form!r}, loss_type={self.loss_type!r}"
+        return f"loss_type={self.loss_type!r}, rule={self.rule}"
 
 
-def install_yolox(head, weight: float, small_area: float = SMALL_AREA, form: str = "study"):
-    """Replace ``head.iou_loss`` of a ``YoloxHead`` with the weighted loss; installing again replaces it again.
-
-    Returns the head.
-    """
-    current = getattr(head, "iou_loss", None)
-    if not isinstance(current, IouLoss):
-        raise TypeError(f"expected a YoloxHead with an IouLoss at .iou_loss, got {type(head).__name__}")
-    weighted = SmallWeightedIouLoss(weight, small_area, form, loss_type=current.loss_type)
-    head.iou_loss = weighted.train(current.training)
-    return head
+SmallWeightedIouLoss = RuleIouLoss  # the class name sodet 0.3 pickled into checkpoints

@@ -1,9 +1,8 @@
-"""Where each family's feature maps are read for distillation, and a context that captures them.
+"""Feature maps for distillation: which modules give them (each family says, ``Family.feature_modules``), and a
+context that captures them.
 
-``neck``: the maps the detection head reads, one per stride (YOLOX's PAFPN outputs, the layers feeding an
-Ultralytics ``Detect``, GFL's FPN outputs). ``head``: the class logits of every level (YOLOX ``cls_preds``,
-Ultralytics ``Detect.cv3``, GFL ``gfl_cls``). Maps are captured by forward hooks that live only inside the
-``FeatureTap`` context, so no hook is ever pickled, deep-copied (EMA) or saved with a model.
+``neck``: the maps the detection head reads, one per stride. ``head``: the class logits of every level. Maps are
+captured by forward hooks that live only inside the ``FeatureTap`` context, so no hook is ever pickled, deep-copied (EMA) or saved with a model.
 """
 
 from __future__ import annotations
@@ -11,36 +10,19 @@ from __future__ import annotations
 from torch import nn
 
 from sodet.errors import SodetError
-from sodet.models.registry import model_family
+from sodet.models.registry import family_of
 
 DISTILL_POINTS = ("neck", "head")
 
 
-def detect_head(model: nn.Module) -> nn.Module:
-    """The Ultralytics ``Detect`` module of an engine model."""
-    from ultralytics.nn.modules.head import Detect
-
-    for m in getattr(model, "model", []):
-        if isinstance(m, Detect):
-            return m
-    raise SodetError(f"{type(model).__name__} has no Detect head: cannot read its features")
-
-
 def feature_modules(model: nn.Module, on: str) -> list[nn.Module]:
-    """The modules whose outputs are the ``on`` maps, in stride order (a module may output several levels)."""
+    """The modules whose outputs are the ``on`` maps of ``model``, in stride order: its family says which."""
     if on not in DISTILL_POINTS:
         raise SodetError(f"--distill-on must be one of {list(DISTILL_POINTS)}, not '{on}'")
-    family = model_family(model)
-    if family == "yolox":
-        return [model.backbone] if on == "neck" else list(model.head.cls_preds)
-    if family == "gfl":
-        return [model.neck] if on == "neck" else [model.bbox_head.gfl_cls]
-    if family == "yolo":
-        head = detect_head(model)
-        if on == "head":
-            return list(head.cv3)
-        return [model.model[i] for i in head.f]
-    raise SodetError(f"distillation does not know where {type(model).__name__}'s features are")
+    family = family_of(model)
+    if family is None:
+        raise SodetError(f"distillation does not know where {type(model).__name__}'s features are")
+    return family.feature_modules(model, on)
 
 
 def level_strides(model: nn.Module) -> list[int]:

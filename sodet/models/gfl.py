@@ -17,13 +17,18 @@ import torchvision
 from torch import nn
 from torchvision.ops import batched_nms
 
+from sodet.errors import SodetError
+from sodet.losses.atss import grid_points
+from sodet.losses.gfl import GflLoss
+from sodet.losses.giou import RuleGIoULoss
 from sodet.models.adapter import EngineAdapter
 from sodet.models.batchnorm import FrozenBatchNormTraining, batchnorms
+from sodet.models.family import Family
 from sodet.models.registry import register_family
+from sodet.models.weights import load_by_name, model_names
 
 STRIDES = (8, 16, 32, 64, 128)  # P3..P7
 REG_MAX = 16  # distances are distributions over 0..16 strides
-ANCHOR_SCALE = 8  # ATSS's one square anchor per location: side 8 x stride
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # MMDetection's RGB normalisation on 0-255 (ImageNet statistics)
 PIXEL_STD = (58.395, 57.12, 57.375)
 NOMINAL_BATCH = 16  # GFL's recipe quotes its learning rate per 16 images (cfg/defaults.yaml sets the engine's nbs to it)
@@ -165,29 +170,11 @@ class GflHead(nn.Module):
         return cls_scores, bbox_preds
 
 
-def grid_points(sizes: list[tuple[int, int]], strides=STRIDES, device=None, dtype=torch.float32):
-    """Per level: (H*W, 2) anchor centres (x*stride, y*stride), row-major; MMDetection's offset is 0, not half a
-    stride."""
-    pts = []
-    for (h, w), s in zip(sizes, strides):
-        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype) * s,
-                                torch.arange(w, device=device, dtype=dtype) * s, indexing="ij")
-        pts.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], 1))
-    return pts
-
-
-def level_anchors(sizes: list[tuple[int, int]], strides=STRIDES, device=None, dtype=torch.float32) -> list[torch.Tensor]:
-    """Per level: (H*W, 4) xyxy square anchors of side ANCHOR_SCALE x stride (what ATSS matches against)."""
-    out = []
-    for p, s in zip(grid_points(sizes, strides, device, dtype), strides):
-        half = ANCHOR_SCALE * s * 0.5
-        out.append(torch.cat([p - half, p + half], 1))
-    return out
-
-
 def distance2bbox(points: torch.Tensor, distance: torch.Tensor, max_shape=None) -> torch.Tensor:
-    """(x, y) and (left, top, right, bottom) -> xyxy, clamped to ``max_shape`` (H, W) when given."""
-    boxes = torch.cat([points - distance[:, :2], points + distance[:, 2:]], 1)
+    """(x, y) and (left, top, right, bottom) -> xyxy (the engine's ``dist2bbox``), clamped to ``max_shape`` (H, W)."""
+    from ultralytics.utils.tal import dist2bbox
+
+    boxes = dist2bbox(distance, points, xywh=False, dim=-1)
     if max_shape is not None:
         boxes[:, 0::2] = boxes[:, 0::2].clamp(min=0, max=max_shape[1])
         boxes[:, 1::2] = boxes[:, 1::2].clamp(min=0, max=max_shape[0])
@@ -221,41 +208,28 @@ def postprocess(head: GflHead, cls_scores, bbox_preds, img_shape, cfg: dict = TE
     return results
 
 
-class GflDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
+class GflDetector(FrozenBatchNormTraining, EngineAdapter):
     """GFL (ResNet + FPN P3-P7 + GFL head) that the engine can train, validate, checkpoint, resume and deep-copy.
 
     Submodules ``backbone``, ``neck``, ``bbox_head`` carry MMDetection's names, so ``state_dict()`` is an
-    MMDetection GFL checkpoint. For distillation, ``features(img)`` returns the 5 FPN maps and the class logits.
+    MMDetection GFL checkpoint.
     """
 
     task = "detect"
     nominal_batch = NOMINAL_BATCH
+    parts = ("backbone", "neck", "bbox_head")
     norm_eval = True  # BatchNorm in eval mode while training (see train)
 
     def __init__(self, name: str = "gfl-r50", nc: int = 80, names: dict | None = None, depth: int = 50):
-        super().__init__()
+        # per-level strides, as every family's; the engine pads its inputs to multiples of the largest (128), where
+        # MMDetection pads to 32 (P6/P7 then take odd sizes): ``detect`` takes either
+        super().__init__("gfl", name, nc, names, STRIDES, depth=depth)
         self.backbone = ResNet(depth)
         self.neck = FPN(self.backbone.out_channels[1:], 256, len(STRIDES))
         self.bbox_head = GflHead(nc)
-        from sodet.losses.gfl import GflLoss
-
         self.gfl_loss = GflLoss()  # no parameters: the state dict stays MMDetection's
-        self.nc = nc
-        self.names = names or {i: str(i) for i in range(nc)}
-        # per-level strides, as every family's; the engine pads its inputs to multiples of the largest (128), where
-        # MMDetection pads to 32 (P6/P7 then take odd sizes): ``detect`` takes either
-        self.stride = torch.tensor([float(s) for s in STRIDES])
-        self.yaml = {"family": "gfl", "name": name, "nc": nc, "channels": 3, "depth": depth}
-        self.args = {}
-        self.criterion = None  # the loss is gfl_loss; the engine only checks the attribute
-        self.max_det = 300
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1) / 255.0, persistent=False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1) / 255.0, persistent=False)
-
-    @property
-    def model(self) -> nn.ModuleList:
-        """Indexable view (the engine reads ``model[-1]`` as the head); the modules keep MMDetection's names."""
-        return nn.ModuleList([self.backbone, self.neck, self.bbox_head])
 
     def train(self, mode: bool = True):
         """MMDetection's ``norm_eval``: BatchNorm stays in eval mode while training (its affine parameters still
@@ -264,11 +238,6 @@ class GflDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
         if mode:
             for bn in batchnorms(self.backbone):
                 bn.eval()
-        return self
-
-    def half(self):
-        """Weights stay fp32 (the engine stores checkpoints after ``.half()``): a checkpoint scores what was
-        validated, as MMDetection's fp32 checkpoints do. CUDA training still computes in fp16 under AMP."""
         return self
 
     def normalize(self, img: torch.Tensor) -> torch.Tensor:
@@ -281,17 +250,6 @@ class GflDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
         feats = self.neck(self.backbone(self.normalize(img))[1:])
         cls_scores, bbox_preds = self.bbox_head(feats)
         return feats, cls_scores, bbox_preds
-
-    def features(self, img: torch.Tensor) -> dict:
-        """For distillation: ``neck`` = the 5 FPN outputs P3..P7 (B, 256, H_l, W_l), ``head`` = class logits per
-        level (B, nc, H_l, W_l), ``reg`` = box distribution logits per level."""
-        feats, cls_scores, bbox_preds = self.head_outputs(img)
-        return {"neck": feats, "head": cls_scores, "reg": bbox_preds}
-
-    def forward(self, x, *args, **kwargs):
-        if isinstance(x, dict):  # training step: the engine passes the batch
-            return self.loss(x, *args, **kwargs)
-        return self.predict(x)
 
     def predict(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 4 + nc, N): xywh centre boxes in input pixels (clamped to the input, as MMDetection's), sigmoid
@@ -339,16 +297,13 @@ class GflDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
         total = losses["loss_cls"] + losses["loss_bbox"] + losses["loss_dfl"]
         items = {"box_loss": losses["loss_bbox"].detach(), "cls_loss": losses["loss_cls"].detach(),
                  "dfl_loss": losses["loss_dfl"].detach()}
-        # GFL's recipe is SGD at lr 0.01 per 16 images on this batch-mean loss; the engine steps lr0 on the sum of
-        # the returned loss over nbs images (16 for GFL, cfg/defaults.yaml), so bs/16 of it reproduces the recipe
-        return total * img.shape[0] / NOMINAL_BATCH, items
+        # GFL's recipe is SGD at lr 0.01 per 16 images on this batch-mean loss (the engine's nbs is 16 for GFL)
+        return total * self.mean_loss_scale(img.shape[0]), items
 
-    # engine hooks -------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def fuse(self, verbose: bool = False, **kwargs):
-        """Fold the BatchNorm layers into the backbone's convolutions for inference (same function: GFL's BatchNorm
-        is always in eval mode). The state dict loses the ``bn`` keys: for inference copies only. ``kwargs``: what
-        the engine passes its own models (the exporter gives ``imgsz``), not needed here."""
+    def fuse_inplace(self) -> None:
+        """Fold the BatchNorm layers into the backbone's convolutions (GFL's BatchNorm is always in eval mode). The
+        state dict loses the ``bn`` keys: for inference copies only."""
         from torch.nn.utils.fusion import fuse_conv_bn_eval
 
         for m in list(self.backbone.modules()):
@@ -360,10 +315,103 @@ class GflDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
             ds = getattr(m, "downsample", None)
             if isinstance(ds, nn.Sequential) and isinstance(ds[1], nn.BatchNorm2d):
                 ds[0], ds[1] = fuse_conv_bn_eval(ds[0], ds[1]), nn.Identity()
-        return self
 
 
-@register_family("gfl")
-def build_gfl(entry, nc: int, names: dict | None = None) -> GflDetector:
-    depth = int(entry.arch.lstrip("r"))
-    return GflDetector(entry.name, nc, names, depth)
+GFL_CONSTANTS = ("bbox_head.integral.project", "num_batches_tracked")  # buffers older MMDetection files may lack
+
+
+class StepLR:
+    """Learning-rate factor x0.1 at each milestone epoch (a class, not a lambda: the trainer's state pickles)."""
+
+    def __init__(self, milestones: tuple[int, ...], gamma: float = 0.1):
+        self.milestones, self.gamma = tuple(milestones), gamma
+
+    def __call__(self, epoch: int) -> float:
+        return self.gamma ** sum(epoch >= m for m in self.milestones)
+
+
+class GflFamily(Family):
+    name, display = "gfl", "GFL"
+    refused_options = {
+        "box": "its loss weights are GFL's own (QFL + 2 x GIoU + 0.25 x DFL)", "cls": "its loss weights are GFL's own",
+        "dfl": "its DFL weight is GFL's own (0.25)", "freeze": "GFL freezes its stem and layer1, as MMDetection does",
+    }
+
+    def build(self, entry, nc, names=None):
+        return GflDetector(entry.name, nc, names, int(entry.arch.lstrip("r")))
+
+    def load_state(self, model, ckpt, origin):
+        """An MMDetection GFL checkpoint (``{'meta', 'state_dict'}`` or a bare state dict; keys ``backbone.*``,
+        ``neck.*``, ``bbox_head.*``) loaded strict, the class rows of ``gfl_cls`` by name (an 80-class head is
+        COCO's order); or a torchvision ImageNet ResNet (``conv1.*``, ``layer*``, ``fc.*``) loaded strict into the
+        backbone, the rest keeping MMDetection's init."""
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+        if not isinstance(state, dict) or not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise SodetError(f"{origin}: not a state dict (expected an MMDetection GFL checkpoint or a torchvision ResNet)")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        if "conv1.weight" in state and not any(k.startswith("backbone.") for k in state):  # torchvision ImageNet ResNet
+            backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
+            own = model.backbone.state_dict()
+            bad = sorted(set(own) ^ set(backbone)) or [k for k in own if own[k].shape != backbone[k].shape]
+            if bad:
+                raise SodetError(f"{origin} does not fit {model.yaml['name']}'s ResNet-{model.backbone.depth} backbone (e.g. {bad[0]})")
+            model.backbone.load_state_dict(backbone)
+            return
+        load_by_name(model, state, ("bbox_head.gfl_cls.",), origin, optional=GFL_CONSTANTS)
+
+    def load_module(self, model, source, origin):
+        load_by_name(model, source.float().state_dict(), ("bbox_head.gfl_cls.",), origin, model_names(source), GFL_CONSTANTS)
+
+    def verify_weights(self, entry, path, part="all"):
+        """MMDetection files load strictly into an 80-class GFL; torchvision files strictly into its ResNet."""
+        from sodet.models.weights import coco80_names, read_checkpoint
+
+        model = self.build(entry, 80, dict(enumerate(coco80_names())))
+        ckpt = read_checkpoint(path)
+        state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else ckpt
+        is_backbone = isinstance(state, dict) and "conv1.weight" in state
+        if (part == "backbone") != is_backbone:
+            raise SodetError(f"{path}: expected {'a torchvision ResNet' if part == 'backbone' else 'an MMDetection GFL checkpoint'}")
+        self.load_state(model, ckpt, path)
+
+    def install_box_rule(self, model, rule):
+        model.gfl_loss.box_loss = RuleGIoULoss(rule)
+
+    def feature_modules(self, model, on):
+        return [model.neck] if on == "neck" else [model.bbox_head.gfl_cls]
+
+    # MMDetection's recipe, unless the user asks for the engine's schedule (cos_lr, lrf or warmup_epochs set) ----
+    @staticmethod
+    def recipe_applies(trainer) -> bool:
+        from ultralytics.utils import DEFAULT_CFG
+
+        a = trainer.args
+        return not a.cos_lr and a.lrf == DEFAULT_CFG.lrf and a.warmup_epochs == DEFAULT_CFG.warmup_epochs
+
+    def scheduler(self, trainer):
+        """x0.1 at epochs 8 and 11 of 12, scaled to the run's epochs (the engine has only linear and cosine)."""
+        if not self.recipe_applies(trainer):
+            return None
+        return StepLR((round(trainer.epochs * 8 / 12), round(trainer.epochs * 11 / 12)))
+
+    def warmup_iterations(self, trainer, batches_per_epoch):
+        """Linear warm-up over 500 iterations of 16 images, counted in this run's batches (and, as the engine
+        does, leaving the last epoch out of it)."""
+        if not self.recipe_applies(trainer):
+            return None
+        return min(round(500 * 16 / trainer.batch_size), max(trainer.epochs - 1, 0) * batches_per_epoch)
+
+    def adjust_optimizer(self, trainer, optimizer):
+        """MMDetection's SGD (plain momentum, weight decay on every parameter) where the engine's is Nesterov with
+        no decay on norms and biases."""
+        from ultralytics.utils import LOGGER, colorstr
+
+        if not self.recipe_applies(trainer) or not isinstance(optimizer, torch.optim.SGD):
+            return
+        decay = max(g["weight_decay"] for g in optimizer.param_groups)
+        for g in optimizer.param_groups:
+            g["nesterov"], g["weight_decay"] = False, decay
+        LOGGER.info(f"{colorstr('sodet:')} GFL's SGD: plain momentum, weight_decay={decay} on every group")
+
+
+register_family(GflFamily())

@@ -1,86 +1,79 @@
-"""Model registry: one name per architecture, like timm's, so the CLI and checkpoints speak the same names.
-
-The names and their defaults are data (``cfg/models.yaml``); each family registers how to build one.
+"""The model registry: one name per architecture (timm's way), so the CLI, checkpoints and studies speak the same
+names. The names are data (``cfg/models.yaml``); each family module registers ONE ``Family`` object that knows
+how to build and handle its models. This module imports no family: ``sodet/models/__init__.py`` does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable
+from typing import TYPE_CHECKING
 
+from sodet.assets import load_cfg
 from sodet.errors import SodetError
+
+if TYPE_CHECKING:
+    from sodet.models.family import Family
 
 
 @dataclass(frozen=True)
 class ModelEntry:
     name: str
-    family: str  # "yolox" | "yolo" (Ultralytics) | "gfl"
-    arch: str  # the family's own architecture name (YOLOX config, Ultralytics model file)
+    family: str  # the registered Family's name
+    arch: str  # the family's own architecture name (YOLOX config, Ultralytics model file, GFL's ResNet depth)
     imgsz: int  # default input size
-    weights: str | None = None  # default weights shipped with sodet (file name in sodet/weights)
+    weights: str | None = None  # default weights: a file name of the weights table (cfg/weights.yaml)
 
     def build(self, nc: int, names: dict | None = None):
-        """A model of ``nc`` classes speaking the engine's model contract."""
-        return family_builder(self.family)(self, nc, names)
+        """A model of ``nc`` classes speaking the engine's model contract (random initialisation)."""
+        return get_family(self.family).build(self, nc, names)
 
 
-_FAMILIES: dict[str, Callable] = {}
+_FAMILIES: dict[str, "Family"] = {}
+_EXTRA: dict[str, ModelEntry] = {}
 
 
-def register_family(family: str):
-    """Decorator for ``build(entry, nc, names) -> nn.Module`` of a family."""
-
-    def deco(build):
-        _FAMILIES[family] = build
-        return build
-
-    return deco
+def register_family(family: "Family") -> "Family":
+    """Called once by each family module with its Family object."""
+    _FAMILIES[family.name] = family
+    return family
 
 
-def family_builder(family: str) -> Callable:
-    from sodet.models import gfl, yolo, yolox  # noqa: F401  (families register at import)
+def register_model(entry: ModelEntry) -> ModelEntry:
+    """A model not in cfg/models.yaml (a family added at run time, e.g. by a plugin or a test)."""
+    _EXTRA[entry.name] = entry
+    return entry
 
-    return _FAMILIES[family]
+
+def families() -> dict[str, "Family"]:
+    import sodet.models  # noqa: F401  (the package's __init__ imports the family modules, which register)
+
+    return _FAMILIES
 
 
-def load_yaml(name: str) -> dict:
-    import yaml
+def get_family(name: str) -> "Family":
+    found = families().get(name)
+    if found is None:
+        raise SodetError(f"unknown model family '{name}' (known: {', '.join(families())})")
+    return found
 
-    from sodet.assets import resource_dir
 
-    return yaml.safe_load((resource_dir("cfg") / name).read_text())
+def family_of(model) -> "Family | None":
+    """The family a built model belongs to (each family recognises its own models), or None."""
+    return next((f for f in families().values() if f.owns(model)), None)
 
 
 @lru_cache(maxsize=None)
 def _entries() -> dict[str, ModelEntry]:
-    return {name: ModelEntry(name=name, **spec) for name, spec in load_yaml("models.yaml").items()}
-
-
-def model_family(model) -> str | None:
-    """The family a built model belongs to: sodet's models say so in ``yaml["family"]``; an engine model whose
-    yaml has no family is Ultralytics YOLO; None for anything else."""
-    y = getattr(model, "yaml", None)
-    if not isinstance(y, dict):
-        return None
-    return y.get("family", "yolo")
-
-
-def family_defaults(family: str, finetune: bool = False) -> dict:
-    """The engine arguments sodet sets for a family (``cfg/defaults.yaml``), with the fine-tuning ones on top
-    when the run starts from pretrained weights."""
-    cfg = load_yaml("defaults.yaml")
-    out = dict(cfg.get(family) or {})
-    if finetune:
-        out.update((cfg.get("finetune") or {}).get(family) or {})
-    return out
+    return {name: ModelEntry(name=name, **spec) for name, spec in load_cfg("models.yaml").items()}
 
 
 def get_entry(name: str) -> ModelEntry:
-    if name not in _entries():
+    entries = {**_entries(), **_EXTRA}
+    if name not in entries:
         raise SodetError(f"unknown model '{name}' (known: {', '.join(list_models())})")
-    return _entries()[name]
+    return entries[name]
 
 
 def list_models() -> list[str]:
-    return list(_entries())
+    return [*_entries(), *_EXTRA]

@@ -1,30 +1,31 @@
-"""Loading weights into sodet's models: official YOLOX checkpoints, MMDetection GFL checkpoints, torchvision
-ImageNet ResNets (GFL's backbone), Ultralytics ``.pt`` and sodet's own runs.
+"""Reading weights files and handing them to the family that loads them; class rows taken by class NAME.
 
-When a checkpoint predicts the 80 COCO classes and the data holds a subset (person, car), the class outputs
-are taken by class NAME, so a subset keeps its pretrained classifier.
+When a checkpoint predicts the 80 COCO classes and the data holds a subset (person, car), the class outputs are
+taken by name, so a subset keeps its pretrained classifier. Which keys a family's files hold is the family
+module's business (``Family.load_state`` / ``Family.load_module``).
 """
 
 from __future__ import annotations
 
+from functools import lru_cache
 from pathlib import Path
 
 import torch
 from ultralytics.utils import LOGGER
 
 from sodet.errors import SodetError
-from sodet.models.registry import model_family
 
-COCO80 = None  # filled lazily from the engine's coco.yaml
+
+@lru_cache(maxsize=1)
+def _coco80() -> tuple[str, ...]:
+    from ultralytics.utils import ROOT, YAML
+
+    return tuple(YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"].values())
 
 
 def coco80_names() -> list[str]:
-    global COCO80
-    if COCO80 is None:
-        from ultralytics.utils import ROOT, YAML
-
-        COCO80 = list(YAML.load(ROOT / "cfg" / "datasets" / "coco.yaml")["names"].values())
-    return COCO80
+    """COCO's 80 class names in the order of every COCO-trained head (the engine's coco.yaml)."""
+    return list(_coco80())
 
 
 def require_weights_file(path: str | Path) -> Path:
@@ -32,9 +33,8 @@ def require_weights_file(path: str | Path) -> Path:
     p = Path(path)
     if not p.is_file():
         raise SodetError(
-            f"weights file not found: {p} (official YOLOX weights: github.com/Megvii-BaseDetection/YOLOX releases; "
-            "GFL: MMDetection's gfl_*.pth from its model zoo, or a torchvision ImageNet ResNet such as "
-            "resnet50-0676ba61.pth; put the file there or pass --weights FILE)"
+            f"weights file not found: {p} (a file of the weights table is fetched by its name, e.g. --weights "
+            "yolox_s.pth; see 'sodet zoo'; otherwise put the file there)"
         )
     return p
 
@@ -55,118 +55,15 @@ def checkpoint_model(ckpt):
     return getattr(model, "student_model", model)  # a distillation run stopped before its end: the student
 
 
+def model_names(model) -> list[str]:
+    names = model.names
+    return [names[i] for i in range(len(names))] if isinstance(names, dict) else list(names)
+
+
 def class_rows(src_names: list[str], dst_names: list[str]) -> list[int | None]:
     """For each target class, the row of the same name in the source head (None when absent)."""
     pos = {n: i for i, n in enumerate(src_names)}
     return [pos.get(n) for n in dst_names]
-
-
-def load_yolox_state(model, state: dict, src_names: list[str] | None = None) -> None:
-    """Load a YOLOX state dict; class prediction rows are picked by name when the class counts differ."""
-    own = model.state_dict()
-    dst_names = [model.names[i] for i in range(model.nc)]
-    new = {}
-    for k, v in state.items():
-        if k not in own:
-            raise SodetError(f"weights do not fit {model.yaml['name']}: unexpected key {k}")
-        if ".cls_preds." in k and (v.shape[0] != own[k].shape[0] or (src_names and src_names != dst_names)):
-            rows = class_rows(src_names or coco80_names()[: v.shape[0]], dst_names)  # by class name
-            if all(r is None for r in rows):
-                raise SodetError(f"checkpoint classes share no name with the data classes {dst_names}")
-            t = own[k].clone()
-            for i, r in enumerate(rows):
-                if r is not None:
-                    t[i] = v[r]
-            v = t
-        if v.shape != own[k].shape:
-            raise SodetError(
-                f"weights do not fit {model.yaml['name']}: {k} is {tuple(v.shape)}, model has {tuple(own[k].shape)}"
-            )
-        new[k] = v
-    missing = [k for k in own if k not in new]
-    if missing:
-        raise SodetError(f"weights do not fit {model.yaml['name']}: {len(missing)} keys missing, e.g. {missing[0]}")
-    model.load_state_dict(new)
-    absent = [n for n, r in zip(dst_names, class_rows(src_names or coco80_names(), dst_names)) if r is None]
-    if absent and any(".cls_preds." in k for k in state) and (src_names or coco80_names()) != dst_names:
-        LOGGER.warning(f"classes {absent} not in the checkpoint: their outputs start untrained")
-
-
-def load_weights(model, path: str | Path) -> None:
-    """Load any supported checkpoint file into a sodet model (YOLOX adapter or Ultralytics DetectionModel)."""
-    ckpt = read_checkpoint(path)
-    source = checkpoint_model(ckpt) if isinstance(ckpt, dict) else ckpt
-    family = model_family(model)
-    if isinstance(source, torch.nn.Module):  # an engine checkpoint (sodet's or Ultralytics')
-        load_module_weights(model, source, path)
-        return
-    if isinstance(source, dict) and family == "yolox":  # official YOLOX: {"model": state_dict}
-        load_yolox_state(model, source)
-        return
-    if isinstance(ckpt, dict) and family == "gfl":  # MMDetection {'meta', 'state_dict'}, a bare one, or torchvision's
-        load_gfl_state(model, ckpt.get("state_dict", ckpt), path)
-        return
-    raise SodetError(f"{path}: unsupported checkpoint layout for a {family} model")
-
-
-def load_module_weights(model, source: torch.nn.Module, origin: str | Path = "the checkpoint") -> None:
-    """Weights from a model object of an engine checkpoint (sodet's or Ultralytics'), classes matched by name."""
-    family, source_family = model_family(model), model_family(source)
-    if family == "gfl" or source_family == "gfl":
-        if family != source_family:
-            raise SodetError(f"{origin} holds a {source_family} model, not a {family} one")
-        names = getattr(source, "names", None)
-        load_gfl_state(model, source.float().state_dict(), origin, [names[i] for i in range(len(names))] if names else None)
-        return
-    if family == "yolox":
-        if source_family != "yolox":
-            raise SodetError(f"{origin} is not a YOLOX checkpoint (cannot load into {model.yaml['name']})")
-        names = getattr(source, "names", None)
-        load_yolox_state(model, source.float().state_dict(), [names[i] for i in range(len(names))] if names else None)
-        model.input_scale = getattr(source, "input_scale", 255.0)  # the pixel range its first convolution expects
-    else:
-        if source_family == "yolox":
-            raise SodetError(f"{origin} holds a YOLOX model, not an Ultralytics YOLO one")
-        model.load(source.float())
-
-
-GFL_CONSTANTS = ("bbox_head.integral.project", "num_batches_tracked")  # buffers older MMDetection files may lack
-
-
-def load_gfl_state(model, state: dict, origin: str | Path = "the checkpoint", src_names: list[str] | None = None) -> None:
-    """An MMDetection GFL state dict (keys ``backbone.*``, ``neck.*``, ``bbox_head.*``) loaded strict, the class
-    rows of ``gfl_cls`` taken by name (an 80-class head is COCO's order); or a torchvision ImageNet ResNet file
-    (``conv1.*``, ``layer*``, ``fc.*``) loaded strict into the backbone, the rest keeping MMDetection's init."""
-    name = model.yaml["name"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise SodetError(f"{origin}: not a state dict (expected an MMDetection GFL checkpoint or a torchvision ResNet)")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
-    if "conv1.weight" in state and not any(k.startswith("backbone.") for k in state):  # torchvision ImageNet ResNet
-        backbone = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        own = model.backbone.state_dict()
-        bad = sorted(set(own) ^ set(backbone)) or [k for k in own if own[k].shape != backbone[k].shape]
-        if bad:
-            raise SodetError(f"{origin} does not fit {name}'s ResNet-{model.backbone.depth} backbone (e.g. {bad[0]})")
-        model.backbone.load_state_dict(backbone)
-        return
-    own = model.state_dict()
-    new = {}
-    for k, v in state.items():
-        if k not in own:
-            raise SodetError(f"{origin} does not fit {name}: unexpected key {k}")
-        if k.startswith("bbox_head.gfl_cls.") and (v.shape[0] != own[k].shape[0] or (src_names and src_names != model_names(model))):
-            v = rows_by_name(own[k], v, src_names or coco80_names()[: v.shape[0]], model_names(model), origin)
-        if v.shape != own[k].shape:
-            raise SodetError(f"{origin} does not fit {name}: {k} is {tuple(v.shape)}, model has {tuple(own[k].shape)}")
-        new[k] = v
-    missing = [k for k in own if k not in new and not k.endswith(GFL_CONSTANTS)]
-    if missing:
-        raise SodetError(f"{origin} does not fit {name}: {len(missing)} keys missing, e.g. {missing[0]}")
-    model.load_state_dict({**own, **new})
-
-
-def model_names(model) -> list[str]:
-    return [model.names[i] for i in range(model.nc)]
 
 
 def rows_by_name(own: torch.Tensor, src: torch.Tensor, src_names: list[str], dst_names: list[str], origin) -> torch.Tensor:
@@ -182,3 +79,57 @@ def rows_by_name(own: torch.Tensor, src: torch.Tensor, src_names: list[str], dst
     if absent and src.dim() > 1:  # once per head (weight, not bias)
         LOGGER.warning(f"classes {absent} not in {origin}: their outputs start untrained")
     return out
+
+
+def load_by_name(model, state: dict, class_keys: tuple[str, ...], origin, src_names: list[str] | None = None,
+                 optional: tuple[str, ...] = ()) -> None:
+    """A state dict loaded strictly into ``model``, except that the class rows of the tensors whose key contains
+    one of ``class_keys`` are taken by class name (an 80-class head is COCO's order). Keys ending in ``optional``
+    may be missing (buffers older files lack)."""
+    name = model.yaml.get("name", type(model).__name__) if isinstance(getattr(model, "yaml", None), dict) else type(model).__name__
+    own = model.state_dict()
+    dst = model_names(model)
+    new = {}
+    for k, v in state.items():
+        if k not in own:
+            raise SodetError(f"{origin} does not fit {name}: unexpected key {k}")
+        if any(c in k for c in class_keys) and (v.shape[0] != own[k].shape[0] or (src_names and src_names != dst)):
+            v = rows_by_name(own[k], v, src_names or coco80_names()[: v.shape[0]], dst, origin)
+        if v.shape != own[k].shape:
+            raise SodetError(f"{origin} does not fit {name}: {k} is {tuple(v.shape)}, model has {tuple(own[k].shape)}")
+        new[k] = v
+    missing = [k for k in own if k not in new and not k.endswith(optional)]
+    if missing:
+        raise SodetError(f"{origin} does not fit {name}: {len(missing)} keys missing, e.g. {missing[0]}")
+    model.load_state_dict({**own, **new})
+
+
+def load_weights(model, path: str | Path, strict: bool = False) -> None:
+    """Load any supported weights file into a sodet model: an engine checkpoint's model object (sodet's, or an
+    Ultralytics .pt) or a family's own release format. ``strict``: the file must fit the model exactly (what a
+    downloaded file is checked with)."""
+    from sodet.models.registry import family_of
+
+    family = family_of(model)
+    if family is None:
+        raise SodetError(f"{type(model).__name__} belongs to no registered family")
+    ckpt = read_checkpoint(path)
+    source = checkpoint_model(ckpt) if isinstance(ckpt, dict) else ckpt
+    if isinstance(source, torch.nn.Module):
+        source_family = family_of(source)
+        if source_family is not family:
+            what = source_family.display if source_family else type(source).__name__
+            raise SodetError(f"{path} holds a {what} model, not a {family.display} one")
+        if strict:
+            check_same_tensors(model, source, path)
+        family.load_module(model, source, path)
+        return
+    family.load_state(model, ckpt, path)
+
+
+def check_same_tensors(model, source, origin) -> None:
+    """Every tensor of ``source`` has a place of the same shape in ``model`` and none is missing."""
+    own, theirs = model.state_dict(), source.state_dict()
+    bad = sorted(set(own) ^ set(theirs)) or [k for k in own if own[k].shape != theirs[k].shape]
+    if bad:
+        raise SodetError(f"{origin} does not fit {model.yaml.get('name', type(model).__name__) if isinstance(model.yaml, dict) else type(model).__name__} exactly (e.g. {bad[0]})")

@@ -1,8 +1,9 @@
-"""YOLOX (pixeltable-yolox's YoloPafpn + YoloxHead) behind the Ultralytics engine's model contract.
+"""The YOLOX family: pixeltable-yolox's YoloPafpn + YoloxHead behind the Ultralytics engine's model contract.
 
 The engine feeds RGB images in 0-1 and expects ``(B, 4 + nc, N)`` predictions with activated scores and a
 ``loss(batch)`` returning ``(loss * batch_size, items)``. Official YOLOX weights expect BGR 0-255, so the
-adapter converts at its input; YOLOX's own SimOTA loss is used unchanged (its box term is replaceable).
+adapter converts at its input; YOLOX's own SimOTA loss is used unchanged (its box term goes through sodet's
+``BoxRule``).
 """
 
 from __future__ import annotations
@@ -13,9 +14,13 @@ import torch
 from torch import nn
 from yolox.config import YoloxConfig
 
+from sodet.errors import SodetError
+from sodet.losses.yolox_iou import RuleIouLoss
 from sodet.models.adapter import EngineAdapter
 from sodet.models.batchnorm import FrozenBatchNormTraining
+from sodet.models.family import Family
 from sodet.models.registry import register_family
+from sodet.models.weights import load_by_name, model_names
 
 # pixeltable-yolox's loss enters torch.cuda.amp.autocast(enabled=False) on every step, which torch deprecates with a
 # FutureWarning per call: an upstream matter the user cannot act on
@@ -25,34 +30,22 @@ YOLOX_STRIDES = (8.0, 16.0, 32.0)
 NOMINAL_BATCH = 64  # the engine's nbs, and the batch YOLOX's learning rate is quoted for
 
 
-class YoloxDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
+class YoloxDetector(FrozenBatchNormTraining, EngineAdapter):
     """A YOLOX network that the engine can train, validate, checkpoint, resume and deep-copy."""
 
     task = "detect"
     nominal_batch = NOMINAL_BATCH
+    parts = ("backbone", "head")
 
     def __init__(self, name: str = "yolox-nano", nc: int = 80, names: dict | None = None):
-        super().__init__()
+        super().__init__("yolox", name, nc, names, YOLOX_STRIDES)
         cfg = YoloxConfig.get_named_config(name.replace("-", "_"))
         cfg.num_classes = nc
         net = cfg.get_model()  # official init: BN eps 1e-3 / momentum 0.03, prior-0.01 biases
         self.backbone, self.head = net.backbone, net.head
-        self.nc = nc
-        self.names = names or {i: str(i) for i in range(nc)}
-        self.stride = torch.tensor(YOLOX_STRIDES)
-        self.yaml = {"family": "yolox", "name": name, "nc": nc, "channels": 3}
-        self.args = {}
-        self.criterion = None  # the loss lives in YOLOX's head; the engine only checks the attribute
-        self.max_det = 300
         # official YOLOX weights expect 0-255 pixels; weights re-conditioned by sodet (folded BatchNorm) take 0-1
         # with the 255 moved into the first convolution (see sodet.models.batchnorm)
         self.input_scale = 255.0
-
-    @property
-    def model(self) -> nn.ModuleList:
-        """Indexable view (the engine reads ``model[-1]`` as the head); the real modules stay ``backbone``/``head``
-        so state-dict keys keep the official YOLOX checkpoint layout."""
-        return nn.ModuleList([self.backbone, self.head])
 
     def to_yolox_input(self, img: torch.Tensor) -> torch.Tensor:
         """Engine batches are RGB in 0-1; YOLOX weights expect BGR (in 0-255 for official weights)."""
@@ -72,18 +65,6 @@ class YoloxDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
         if self.input_scale != 1.0:
             self.stem_conv.weight.mul_(self.input_scale)
             self.input_scale = 1.0
-
-    def half(self):
-        """Weights stay fp32. The engine stores checkpoints after ``.half()`` (and half-precision validation calls it);
-        rounding YOLOX-Nano's weights to fp16 moves its scores by up to 0.016 (measured on COCO images), enough to
-        move COCO AP by 0.004 on a small set, so a checkpoint would not score what was validated. Inputs are cast to the
-        weights' dtype; CUDA training still computes in fp16 under AMP autocast."""
-        return self
-
-    def forward(self, x, *args, **kwargs):
-        if isinstance(x, dict):  # training step: the engine passes the batch
-            return self.loss(x, *args, **kwargs)
-        return self.predict(x)
 
     def predict(self, img: torch.Tensor) -> torch.Tensor:
         """(B, 4 + nc, N): xywh centre boxes in input pixels, scores = objectness * class probability."""
@@ -131,24 +112,44 @@ class YoloxDetector(EngineAdapter, FrozenBatchNormTraining, nn.Module):
             "cls_loss": cls.detach(),
             "l1_loss": torch.as_tensor(l1, dtype=total.dtype, device=total.device).detach(),
         }
-        # YOLOX's recipe is SGD at lr 0.01 per 64 images on this batch-mean loss; the engine steps lr0 on the sum
-        # of the returned loss over 64 images (nbs), so bs/64 of it reproduces that recipe at the engine's lr0 0.01
-        return total * img.shape[0] / NOMINAL_BATCH, items
+        return total * self.mean_loss_scale(img.shape[0]), items
 
-    # engine hooks -------------------------------------------------------------------------------------------
-    def fuse(self, verbose: bool = False, **kwargs):
-        """Fold BatchNorm into convolutions for inference (same outputs, faster). ``kwargs``: what the engine passes
-        its own models (the exporter gives ``imgsz``), not needed here."""
+    def fuse_inplace(self) -> None:
         from yolox.utils import fuse_model
 
         fuse_model(self)
-        return self
-
-    def enable_l1(self, on: bool = True) -> None:
-        """YOLOX adds an L1 box term once strong augmentation stops (its last epochs)."""
-        self.head.use_l1 = on
 
 
-@register_family("yolox")
-def build_yolox(entry, nc: int, names: dict | None = None) -> YoloxDetector:
-    return YoloxDetector(entry.name, nc, names)
+class YoloxFamily(Family):
+    name, display = "yolox", "YOLOX"
+    refused_options = {
+        "box": "its loss weights are YOLOX's own (5 x IoU + obj + cls)", "cls": "its loss weights are YOLOX's own",
+        "dfl": "YOLOX has no DFL term", "freeze": "the engine freezes 'model.N' layers, YOLOX has backbone/head",
+    }
+    pretrained_letterbox = "top-left"  # square, padded bottom/right: how its weights were trained and evaluated
+
+    def build(self, entry, nc, names=None):
+        return YoloxDetector(entry.name, nc, names)
+
+    def load_state(self, model, ckpt, origin):
+        """Megvii's release files: ``{"model": state_dict, ...}`` (sodet's shipped file too)."""
+        state = ckpt.get("model") if isinstance(ckpt, dict) else None
+        if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
+            raise SodetError(f"{origin}: not a YOLOX checkpoint (expected {{'model': state_dict}})")
+        load_by_name(model, state, (".cls_preds.",), origin)
+
+    def load_module(self, model, source, origin):
+        load_by_name(model, source.float().state_dict(), (".cls_preds.",), origin, model_names(source))
+        model.input_scale = getattr(source, "input_scale", 255.0)  # the pixel range its first convolution expects
+
+    def install_box_rule(self, model, rule):
+        model.head.iou_loss = RuleIouLoss(rule, loss_type=model.head.iou_loss.loss_type).train(model.head.iou_loss.training)
+
+    def feature_modules(self, model, on):
+        return [model.backbone] if on == "neck" else list(model.head.cls_preds)
+
+    def on_close_mosaic(self, model):
+        model.head.use_l1 = True  # YOLOX's recipe: L1 box term in the last, unaugmented epochs
+
+
+register_family(YoloxFamily())

@@ -1,4 +1,5 @@
-"""``sodet zoo``: each registered model's size and cost, computed from the real network (nothing downloaded)."""
+"""``sodet zoo``: each registered model's size and cost, computed from the real network, and where its default
+weights come from and whether they are cached (nothing downloaded)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from copy import deepcopy
 
 import torch
 
-from sodet.models.registry import get_entry, list_models
+from sodet.models.registry import get_entry, get_family, list_models
 
 
 def gflops(model: torch.nn.Module, imgsz: int) -> float:
@@ -29,11 +30,28 @@ def zoo_rows(imgsz: int | None = None) -> list[dict]:
         rows.append(
             {
                 "model": name,
-                "family": {"yolox": "YOLOX", "yolo": "Ultralytics YOLO", "gfl": "GFL"}[e.family],
+                "family": get_family(e.family).display,
                 "params": sum(p.numel() for p in model.parameters()),
                 "gflops": gflops(model, size),
                 "imgsz": size,
-                "weights": e.weights or "-",
+                **weights_source(e.weights),
             }
         )
     return rows
+
+
+def weights_source(file: str | None) -> dict:
+    """The default weights of a model: file, where they come from, and whether they are here already."""
+    from urllib.parse import urlparse
+
+    from sodet import hub
+
+    row = hub.row(file) if file else None
+    if row is None:
+        return {"weights": "-", "source": "random init", "cached": "-"}
+    if row.source == "shipped":
+        where = "shipped with sodet"
+    else:
+        where = f"{row.source}: {urlparse(row.download_url or '').netloc}"
+    return {"weights": row.file, "source": where, "cached": "yes" if hub.is_cached(row) else "no",
+            "trained_on": row.trained_on}

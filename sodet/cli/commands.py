@@ -1,54 +1,21 @@
-"""The ``sodet`` command line: train, val, compare, zoo and dataset tools.
+"""The commands that train and run detectors: train, distill, val, predict, export, zoo.
 
-Options keep the engine's names and meaning (``--epochs --imgsz --batch --device ...``); sodet's own options
-switch its small-object methods on. Bad input ends in one line on stderr and exit code 1, never a traceback
-(``SODET_DEBUG=1`` shows it).
+Options keep the engine's names and meaning (``--epochs --imgsz --batch --device ...``); sodet's own options switch
+its small-object methods on; any other engine argument goes through ``-o KEY=VALUE``.
 """
 
 from __future__ import annotations
 
 import inspect
-import os
-import sys
 import typing
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-import sodet  # noqa: F401  (switches the engine offline before it is imported)
-from sodet.data.cli import data_app
-from sodet.errors import SodetError
-from sodet.options import MEDIUM_AREA, SMALL_AREA
-from sodet.eval.compare import compare_command
-from sodet.eval.study import study_command
+from sodet.options import SMALL_AREA, check_engine_keys, parse_overrides, refuse_sodet_own
 
-app = typer.Typer(
-    help="sodet: make lightweight detectors better at small objects (copy-paste oversampling, small-object "
-    "weighted box loss, size-bucket COCO evaluation) on the Ultralytics engine.",
-    no_args_is_help=True,
-    add_completion=False,
-)
-app.add_typer(data_app, name="data")
-app.command("compare")(compare_command)
-app.command("study")(study_command)
 console = Console()
-
-
-def parse_overrides(items: list[str] | None) -> dict:
-    """``-o key=value`` pairs for any other engine argument, values parsed as the engine's own CLI parses them
-    (``name=no`` stays a string); unknown keys and bad types are refused by the engine's argument check."""
-    from ultralytics.cfg import smart_value
-
-    out = {}
-    for item in items or []:
-        k, sep, v = item.partition("=")
-        if not sep or not k.strip():
-            raise SodetError(f"override '{item}' is not KEY=VALUE")
-        if not v.strip():
-            raise SodetError(f"override '{item}' has no value")
-        out[k.strip()] = smart_value(v.strip())
-    return out
 
 
 def split_classes(classes: str | None) -> list[str] | None:
@@ -66,11 +33,12 @@ SLICE_MATCH_OPTION = typer.Option("IOS", "--slice-match", help="overlap measure 
 SLICE_THRESHOLD_OPTION = typer.Option(0.5, "--slice-threshold", help="overlap above which the merging joins boxes")
 
 
-@app.command()
+
+
 def train(
     model: str = typer.Option("yolox-nano", "--model", "-m", help="registry name (sodet zoo) or a sodet .pt checkpoint"),
     data: Optional[str] = typer.Option(None, "--data", help="COCO folder or Ultralytics data YAML [embedded coco-pc-mini]"),
-    weights: Optional[str] = typer.Option(None, "--weights", help="initial weights: YOLOX .pth or Ultralytics .pt ('none': random init)"),
+    weights: Optional[str] = typer.Option(None, "--weights", help="initial weights: a file, a weights-table name (sodet zoo; fetched once), or 'none' (random init) [the model's default]"),
     classes: Optional[str] = typer.Option(None, "--classes", help="class names to use, e.g. person,car"),
     epochs: int = typer.Option(None, "--epochs", help="training epochs [10 on the embedded data, else 100]"),
     imgsz: Optional[int] = typer.Option(None, "--imgsz", help="input size [the model's default]"),
@@ -104,7 +72,6 @@ def train(
 
 def run_train_command(distill: dict | None = None, **options) -> None:
     """``train`` and ``distill``: engine options gathered, sodet's options passed on, the run folder printed."""
-    from sodet.api import check_engine_keys
     from sodet.api import distill as run_distill
     from sodet.api import train as run_train
 
@@ -126,7 +93,7 @@ ENGINE_OPTIONS = ("imgsz", "batch", "device", "workers", "seed", "project", "nam
 
 def distill(
     teacher: Optional[str] = typer.Option(None, "--teacher", "-t", help="registry name, a sodet run's best.pt, or an Ultralytics .pt [required unless --resume]"),
-    teacher_weights: Optional[str] = typer.Option(None, "--teacher-weights", help="weights for a registry-name teacher [its shipped ones]"),
+    teacher_weights: Optional[str] = typer.Option(None, "--teacher-weights", help="weights for a registry-name teacher [its default from the weights table]"),
     distill_on: str = typer.Option("neck", "--distill-on", help="neck: neck/FPN outputs; head: class logits"),
     tau: Optional[float] = typer.Option(None, "--tau", help="CWD temperature [family default, 1]"),
     cwd_weight: Optional[float] = typer.Option(None, "--cwd-weight", help="CWD weight per level [YOLOX/YOLO 1, GFL 10 (neck) / 5 (head)]"),
@@ -150,10 +117,8 @@ distill.__signature__ = inspect.Signature(
         if p.kind is not p.VAR_KEYWORD
     ]
 )
-app.command("distill")(distill)
 
 
-@app.command()
 def val(
     model: str = typer.Option("yolox-nano", "--model", "-m", help="a sodet .pt checkpoint or a registry name"),
     data: Optional[str] = typer.Option(None, "--data", help="COCO folder or data YAML [the checkpoint's, else embedded]"),
@@ -175,7 +140,6 @@ def val(
     override: Optional[list[str]] = typer.Option(None, "--override", "-o", help="any other engine argument KEY=VALUE"),
 ):
     """Validate: COCO AP/AR overall, per size bucket and per class (identical to pycocotools)."""
-    from sodet.api import refuse_sodet_own
     from sodet.api import val as run_val
 
     overrides = parse_overrides(override)
@@ -189,23 +153,24 @@ def val(
     console.print(f"metrics written to [bold]{save_dir / 'metrics.json'}[/bold]")
 
 
-@app.command()
 def zoo(imgsz: Optional[int] = typer.Option(None, "--imgsz", help="size for GFLOPs [each model's default]")):
-    """The model families: name, parameters, GFLOPs at the default size, default weights."""
+    """The model families: name, parameters, GFLOPs at the default size, default weights, where they come from and
+    whether they are cached ($SODET_HOME, default ~/.cache/sodet)."""
     from rich.table import Table
 
+    from sodet.hub import weights_dir
     from sodet.models.zoo import zoo_rows
 
-    table = Table(title="sodet model zoo")
-    for col in ("model", "family", "params (M)", "GFLOPs", "imgsz", "default weights"):
-        table.add_column(col, justify="right" if col in {"params (M)", "GFLOPs", "imgsz"} else "left")
+    table = Table(title=f"sodet model zoo (weights cache: {weights_dir()})")
+    for col in ("model", "family", "params (M)", "GFLOPs", "imgsz", "default weights", "source", "cached"):
+        table.add_column(col, justify="right" if col in {"params (M)", "GFLOPs", "imgsz"} else "left", overflow="fold")
     for row in zoo_rows(imgsz):
-        table.add_row(row["model"], row["family"], f"{row['params'] / 1e6:.2f}", f"{row['gflops']:.2f}", str(row["imgsz"]), row["weights"])
+        table.add_row(row["model"], row["family"], f"{row['params'] / 1e6:.2f}", f"{row['gflops']:.2f}", str(row["imgsz"]),
+                      row["weights"], row["source"], row["cached"])
     console.print(table)
 
 
 # inference: predict, export, version ---------------------------------------------------------------------------
-@app.command()
 def predict(
     model: str = typer.Option("yolox-nano", "--model", "-m", help="sodet .pt checkpoint, exported model (.onnx ...) or registry name"),
     source: Optional[str] = typer.Option(None, "--source", "-s", help="image, folder, glob, video or webcam index"),
@@ -231,7 +196,6 @@ def predict(
     """Detect objects in images, folders, globs, videos or a webcam: annotated copies, predictions.json (COCO
     results of the whole run) and optional YOLO txt labels in runs/predict/NAME."""
     from sodet.api import predict as run_predict
-    from sodet.api import refuse_sodet_own
 
     overrides = parse_overrides(override)
     refuse_sodet_own(overrides)
@@ -246,7 +210,6 @@ def predict(
     console.print(f"predictions written to [bold]{save_dir}[/bold]")
 
 
-@app.command()
 def export(
     model: str = typer.Option("yolox-nano", "--model", "-m", help="sodet .pt checkpoint or registry name"),
     format: str = typer.Option("onnx", "--format", "-f", help="onnx, torchscript, openvino (if installed) ..."),
@@ -265,35 +228,3 @@ def export(
         model=model, format=format, weights=weights, imgsz=imgsz, device=device, dynamic=dynamic, out=out, **parse_overrides(override)
     )
     console.print(f"exported to [bold]{path}[/bold]")
-
-
-def show_version(value: bool) -> None:
-    if value:
-        console.print(f"sodet {sodet.__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def app_options(
-    version: Optional[bool] = typer.Option(None, "--version", callback=show_version, is_eager=True, help="show the version and exit"),
-):
-    pass
-
-
-def main() -> None:
-    """Entry point: typer handles usage errors, --help and exit codes; anything else is one line, exit code 1."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        sys.exit(130)
-    except Exception as e:  # noqa: BLE001  (SystemExit from typer passes through)
-        if os.environ.get("SODET_DEBUG"):
-            raise
-        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        prefix = "" if isinstance(e, SodetError) else f"{type(e).__name__}: "
-        Console(stderr=True).print(f"[red]error:[/red] {prefix}{msg}", highlight=False, soft_wrap=True)
-        sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()
