@@ -6,6 +6,7 @@ whatever differs between families; option values are checked once, here, before 
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from ultralytics.utils import LOGGER, YAML
 
 from sodet.assets import DEFAULT_DATA_IMGSZ
 from sodet.errors import SodetError
+from sodet.runlock import run_lock
 from sodet.options import (
     SMALL_AREA, DistillOptions, RunOptions, check_distill_options, check_engine_values, check_train_options,
 )
@@ -69,8 +71,9 @@ def train(
         last = resume_checkpoint(resume, engine.pop("project", None), engine.pop("name", None))
         overrides = {"resume": str(last), "model": str(last), "device": engine["device"]}
         overrides.update({k: v for k, v in engine.items() if v is not None and k in {"batch", "workers", "imgsz"}})
-        trainer = SodetTrainer(overrides=overrides)
-        trainer.train()
+        with run_lock(last.parent.parent, LOGGER.warning):
+            trainer = SodetTrainer(overrides=overrides)
+            trainer.train()
         return Path(trainer.save_dir)
 
     named = resolve_model(model, weights, fetch=False)  # options refused before any weights are fetched
@@ -124,10 +127,13 @@ def train(
             "sodet: fine-tuning pretrained weights with " + ", ".join(f"{k} {overrides[k]}" for k, _ in sorted(tuned))
             + " (cfg/defaults.yaml 'finetune'; -o KEY=VALUE overrides)"
         )
-    trainer = SodetTrainer(overrides=overrides, options=options)
-    save_run_options(Path(trainer.save_dir), options)  # beside args.yaml from the start (kept if interrupted)
-    trainer.train()
-    save_run_options(Path(trainer.save_dir), options)  # again: a multi-GPU launch clears the folder first
+    # a run into a folder that may exist (--exist-ok) holds its lock: two such runs would write into each other
+    lock = run_lock(Path(project) / name, LOGGER.warning) if overrides.get("exist_ok") else contextlib.nullcontext()
+    with lock:
+        trainer = SodetTrainer(overrides=overrides, options=options)
+        save_run_options(Path(trainer.save_dir), options)  # beside args.yaml from the start (kept if interrupted)
+        trainer.train()
+        save_run_options(Path(trainer.save_dir), options)  # again: a multi-GPU launch clears the folder first
     return Path(trainer.save_dir)
 
 
@@ -174,9 +180,13 @@ def distill(
 
 
 def save_run_options(save_dir: Path, options: RunOptions) -> None:
-    """``sodet.yaml`` beside the engine's ``args.yaml``: the sodet options the run used."""
+    """``sodet.yaml`` beside the engine's ``args.yaml``: the sodet options the run used (written whole)."""
     if save_dir.is_dir():
-        YAML.save(save_dir / "sodet.yaml", options.to_dict())
+        import yaml
+
+        from sodet.eval.metrics_io import write_text_atomic
+
+        write_text_atomic(save_dir / "sodet.yaml", yaml.safe_dump(options.to_dict(), sort_keys=False))
 
 
 def resume_checkpoint(resume: str | bool, project: str | None, name: str | None) -> Path:
@@ -225,7 +235,13 @@ def val(
     net, resolved = inference_model(model, weights)
     options = resolved.options
     names = resolved.names if resolved.kind != "registry" else None
-    data_yaml = resolve_data(data or (options.data if options else None), classes or names, splits=(split,))
+    source = data or (options.data if options else None)
+    try:
+        data_yaml = resolve_data(source, classes or names, splits=(split,))
+    except SodetError:
+        if classes or names is None:
+            raise
+        data_yaml = resolve_data(source, None, splits=(split,))  # the data's own classes, picked from the model's
     data_names = YAML.load(data_yaml)["sodet_classes"]
     class_rows = None
     if resolved.kind == "registry":

@@ -45,9 +45,12 @@ def study_command(
         for path in render_report(report, console, primary=primary):
             console.print(f"wrote {path}")
         return
-    study.run(
+    study_dir = study.run(
         console=console, dry_run=dry_run, overrides=override, distill_args=distill_args, student=student,
         teacher=teacher, student_weights=student_weights, teacher_weights=teacher_weights, data=data, classes=classes,
         seeds=seeds, profile=profile, only=only, project=project, name=name, epochs=epochs, imgsz=imgsz, batch=batch,
         workers=workers, device=device, test_split=test_split, primary=primary,
     )
+    if study_dir is not None:
+        for path in render_report(study_dir, console, primary=primary):
+            console.print(f"wrote {path}")

@@ -18,7 +18,7 @@ import numpy as np
 
 from sodet.errors import SodetError
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3  # 3: duplicate ids refused
 
 
 @dataclass
@@ -76,6 +76,17 @@ def read_json(path: Path) -> dict:
     return d
 
 
+def check_unique_ids(d: dict, path: Path) -> None:
+    """Two images (or categories) under one id would silently merge their ground truth: refused, naming them."""
+    from collections import Counter
+
+    for key in ("images", "categories"):
+        dup = sorted(i for i, n in Counter(x.get("id") for x in d[key]).items() if n > 1)
+        if dup:
+            shown = ", ".join(map(str, dup[:5])) + (f" and {len(dup) - 5} more" if len(dup) > 5 else "")
+            raise SodetError(f"{path}: duplicate {key[:-1]} id {shown} (every {key[:-1]} needs its own id)")
+
+
 def select_categories(categories: list[dict], classes: list[str] | None, source: Path) -> list[dict]:
     """The categories to train on, in the order given by ``classes`` (default: the file's order)."""
     by_name = {c["name"]: c for c in categories}
@@ -106,22 +117,26 @@ def check_image(path: Path) -> str | None:
     return None
 
 
-def polygon_parts(segmentation, w: int, h: int) -> list | None:
-    """COCO polygon parts normalised to 0-1, or None for RLE / missing masks."""
-    if not isinstance(segmentation, list) or not segmentation:
+def polygon_parts(segmentation, dtype=np.float64) -> list[np.ndarray] | None:
+    """A COCO polygon as its parts, each (k, 2) xy in the segmentation's own pixels with at least 3 points; None
+    for RLE or missing masks. The one parser of polygons (COCO's flat lists, or parts already as arrays)."""
+    if not isinstance(segmentation, (list, tuple)) or not len(segmentation):
         return None
-    parts = []
-    for poly in segmentation:
-        a = np.asarray(poly, dtype=np.float32).reshape(-1, 2)
-        if len(a) >= 3:
-            parts.append(a / np.array([w, h], dtype=np.float32))
-    return parts or None
+    parts = [np.asarray(p, dtype=dtype).reshape(-1, 2) for p in segmentation]
+    return [p for p in parts if len(p) >= 3] or None
+
+
+def normalised_parts(segmentation, w: int, h: int) -> list | None:
+    """COCO polygon parts normalised to 0-1 (how the training labels hold them)."""
+    parts = polygon_parts(segmentation, np.float32)
+    return None if parts is None else [p / np.array([w, h], dtype=np.float32) for p in parts]
 
 
 def parse_split(ann_path: Path, img_dir: Path, classes: list[str] | None) -> tuple[SplitLabels, dict]:
     """Read and check a COCO split: unusable images and annotations are skipped with a warning naming them.
     Returns the labels and the ground-truth json of what was kept."""
     d = read_json(ann_path)
+    check_unique_ids(d, ann_path)
     cats = select_categories(d["categories"], classes, ann_path)
     known_ids = {c["id"] for c in d["categories"]}
     index_of = {c["id"]: i for i, c in enumerate(cats)}
@@ -180,7 +195,7 @@ def parse_split(ann_path: Path, img_dir: Path, classes: list[str] | None) -> tup
                 cls=np.array([[index_of[a["category_id"]]] for a in objs], dtype=np.float32).reshape(-1, 1),
                 bboxes=xywh.astype(np.float32),
                 area=np.array([a.get("area", a["bbox"][2] * a["bbox"][3]) for a in objs], dtype=np.float32),
-                polygons=[polygon_parts(a.get("segmentation"), w, h) for a in objs],
+                polygons=[normalised_parts(a.get("segmentation"), w, h) for a in objs],
                 crowd=(np.clip(crowd_xyxy, 0, scale) / scale).astype(np.float32),
             )
         )

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from sodet.data.coco import polygon_parts
+
 SCALE_JITTER = (0.8, 1.2)  # uniform scale factor range of jittered pastes
 ROTATION_JITTER = (-15.0, 15.0)  # uniform rotation range in degrees of jittered pastes
 
@@ -70,8 +72,7 @@ def coco_polygon_mask(parts: list[np.ndarray], window: tuple[int, int, int, int]
 def _cut_piece(img: np.ndarray, box: list[float], polygon) -> _Piece | None:
     """Cut one object: the pixels under its polygon mask, or its rounded box patch without a polygon."""
     h, w = img.shape[:2]
-    parts = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in polygon] if polygon is not None else []
-    parts = [p for p in parts if len(p) >= 3]
+    parts = polygon_parts(polygon) or []
     if parts:
         allpts = np.concatenate(parts)
         (x0, y0), (x1, y1) = np.floor(allpts.min(0)).astype(int).tolist(), np.ceil(allpts.max(0)).astype(int).tolist()

@@ -18,7 +18,7 @@ import numpy as np
 
 from sodet.data.copy_paste import oversample_indices, paste_small_objects
 from sodet.data.stats import coco_area, load_coco_split
-from sodet.data.coco import select_categories
+from sodet.data.coco import polygon_parts, select_categories
 from sodet.errors import SodetError
 from sodet.options import SMALL_AREA
 
@@ -38,13 +38,7 @@ def _object_arrays(anns: list[dict]) -> tuple[np.ndarray, list]:
     """xyxy boxes and pixel polygons (None for RLE / missing masks) of annotations."""
     boxes = np.array([a["bbox"] for a in anns], np.float64).reshape(-1, 4)
     boxes[:, 2:] += boxes[:, :2]
-    polygons = []
-    for a in anns:
-        seg = a.get("segmentation")
-        parts = [np.asarray(s, np.float64).reshape(-1, 2) for s in seg] if isinstance(seg, list) else []
-        parts = [p for p in parts if len(p) >= 3]
-        polygons.append(parts or None)
-    return boxes, polygons
+    return boxes, [polygon_parts(a.get("segmentation")) for a in anns]
 
 
 def _write_source_note(out_dir: Path, data_dir: Path, split: str, line: str) -> None:

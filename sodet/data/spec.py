@@ -10,7 +10,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from sodet.data.coco import cache_dir_for, coco_split_paths, is_coco_dir, read_json, select_categories
+from sodet.data.coco import cache_dir_for, check_unique_ids, coco_split_paths, is_coco_dir, read_json, select_categories
 from sodet.errors import SodetError
 
 
@@ -30,10 +30,13 @@ def resolve_data(data: str | Path | None, classes: list[str] | None = None, spli
 
 def coco_yaml(root: Path, classes: list[str] | None, splits) -> Path:
     """Every split found in ``annotations/`` is listed; the ``splits`` asked for must exist."""
+    jsons = {}
     for s in splits:
-        coco_split_paths(root, s)  # one-line error naming what is missing
+        ann, _ = coco_split_paths(root, s)  # one-line error naming what is missing
+        jsons[s] = read_json(ann)
+        check_unique_ids(jsons[s], ann)  # before any work: duplicate ids would merge images' ground truth
     found = sorted(p.stem for p in (root / "annotations").glob("*.json") if (root / "images" / p.stem).is_dir())
-    cats = select_categories(read_json(root / "annotations" / f"{splits[0]}.json")["categories"], classes, root)
+    cats = select_categories(jsons[splits[0]]["categories"], classes, root)
     cfg = {"path": str(root), "names": {i: c["name"] for i, c in enumerate(cats)}, "channels": 3}
     cfg.update({s: f"images/{s}" for s in found})
     cfg.setdefault("train", f"images/{splits[0]}")

@@ -6,8 +6,10 @@ between patch releases, which is why ultralytics is pinned exactly.
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from copy import copy
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -18,6 +20,8 @@ from ultralytics.utils.torch_utils import unwrap_model
 from sodet.engine.build import build_dataset, build_model
 from sodet.engine.distill import CwdDistiller, build_distiller, describe, distill_schedule, keep_student
 from sodet.engine.validator import COCO_COLUMNS, SodetValidator
+from sodet.errors import SodetError
+from sodet.eval.metrics_io import free_space_note
 from sodet.models.registry import family_of
 from sodet.options import RunOptions
 
@@ -178,13 +182,54 @@ class SodetTrainer(DetectionTrainer):
             LOGGER.info(f"{colorstr('sodet:')} before training: AP {format_value(metrics['AP'])}, APs {format_value(metrics.get('APs'))}")
         return metrics
 
+    def save_model(self):
+        """The engine's checkpoints, written to temporary files and renamed: a kill or a full disk while saving
+        leaves the previous last.pt / best.pt loadable (the engine writes them in place); a failed write is one line
+        naming the path and the free space."""
+        last, best = self.last, self.best
+        self.last, self.best = (p.with_name(f".{p.name}.tmp") for p in (last, best))
+        try:
+            saved = super().save_model()
+            for tmp, final in ((self.last, last), (self.best, best)):
+                if tmp.exists():
+                    os.replace(tmp, final)
+            return saved
+        except OSError as e:
+            raise SodetError(f"cannot save checkpoint {last}: {e.strerror or e}{free_space_note(last.parent)}; "
+                             f"the previous {last.name} and {best.name} are intact") from None
+        finally:
+            for tmp in (self.last, self.best):
+                Path(tmp).unlink(missing_ok=True)
+            self.last, self.best = last, best
+
     def final_eval(self):
-        """The engine's validation of best.pt, then the change from the starting weights. A distillation run's
-        final checkpoints keep the student only (no teacher, no connectors): they load like a plain run's."""
+        """The engine's final checkpoints and validation of best.pt, then the change from the starting weights. The
+        engine rewrites last.pt / best.pt in place (without the optimizer): it works on copies that replace the
+        originals only when written whole. A distillation run's final checkpoints keep the student only (no teacher,
+        no connectors): they load like a plain run's."""
+        import shutil
+
         if RANK in {-1, 0} and isinstance(unwrap_model(self.model), CwdDistiller):  # plain runs: no extra I/O
             for f in (self.last, self.best):
                 keep_student(f)
-        super().final_eval()
+        last, best = self.last, self.best
+        copies = {p: p.with_name(f".final-{p.name}") for p in (last, best) if p.exists()}  # still *.pt: the engine checks
+        try:
+            if RANK in {-1, 0}:
+                for src, tmp in copies.items():
+                    shutil.copyfile(src, tmp)
+            self.last, self.best = copies.get(last, last), copies.get(best, best)
+            super().final_eval()
+            if RANK in {-1, 0}:
+                for src, tmp in copies.items():
+                    os.replace(tmp, src)
+        except OSError as e:
+            raise SodetError(f"cannot write the final checkpoints in {last.parent}: {e.strerror or e}"
+                             f"{free_space_note(last.parent)}; {last.name} and {best.name} are as the last epoch left them") from None
+        finally:
+            for tmp in copies.values():
+                tmp.unlink(missing_ok=True)
+            self.last, self.best = last, best
         before, after = getattr(self, "start_metrics", None), self.validator.coco_metrics
         if before and after and RANK in {-1, 0}:
             from sodet.eval.tables import before_after_table
@@ -248,7 +293,19 @@ class SodetTrainer(DetectionTrainer):
         not validated (``val=False``, the study's runs) lacks sodet's COCO columns, so every row is put in the
         columns of the file's header (or, for the first row, the engine's plus sodet's), 0 where an epoch has no
         value, as the engine does for its own metrics of an epoch it did not validate."""
-        super().save_metrics({k: metrics.get(k, 0.0) for k in self.results_columns(metrics)})
+        row = {k: metrics.get(k, 0.0) for k in self.results_columns(metrics)}
+        csv, tmp = self.csv, self.csv.with_name(f".{self.csv.name}.tmp")
+        try:  # the engine appends its row to a copy, renamed over results.csv: a kill never leaves half a row
+            if csv.exists():
+                tmp.write_bytes(csv.read_bytes())
+            self.csv = tmp
+            super().save_metrics(row)
+            os.replace(tmp, csv)
+        except OSError as e:
+            raise SodetError(f"cannot write {csv}: {e.strerror or e}{free_space_note(csv.parent)}") from None
+        finally:
+            self.csv = csv
+            tmp.unlink(missing_ok=True)
         self.save_training_record()
         ds = getattr(self.train_loader, "dataset", None)
         if ds is not None and getattr(ds, "paste_stats", None) and self.options.copy_paste:

@@ -539,9 +539,8 @@ def run(
     *, console, dry_run: bool = False, overrides: list[str] | None = None, distill_args: str | None = None,
     primary: str | None = None, **given,
 ) -> Path | None:
-    """``sodet study``: plan the cells, run the unfinished ones (or print them with ``dry_run``), render the report.
-    ``given``: the options of ``plan``. Returns the study folder (None for a dry run)."""
-    from sodet.eval.study_report import render_report
+    """``sodet study``: plan the cells and run the unfinished ones (or print them with ``dry_run``). ``given``: the
+    options of ``plan``. Returns the study folder (None for a dry run), for the report to be rendered from."""
     from sodet.options import check_known_engine_keys, parse_overrides
 
     study_dir, opts, chosen, seed_list, cells, notes = plan(
@@ -576,8 +575,6 @@ def run(
     )
     write_manifest(study_dir, manifest)
     run_study(study_dir, cells, manifest, echo=console.print)
-    for path in render_report(study_dir, console):
-        console.print(f"wrote {path}")
     return study_dir
 
 

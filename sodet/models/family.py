@@ -8,16 +8,10 @@ defaults a family without special needs keeps (the engine's recipe, no refused o
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sodet.assets import load_cfg
 from sodet.errors import SodetError
-
-if TYPE_CHECKING:
-    from torch import nn
-
-    from sodet.losses.box_rule import BoxRule
-    from sodet.models.registry import ModelEntry
 
 
 class Family:

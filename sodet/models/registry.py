@@ -7,13 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import TYPE_CHECKING
 
 from sodet.assets import load_cfg
 from sodet.errors import SodetError
-
-if TYPE_CHECKING:
-    from sodet.models.family import Family
 
 
 @dataclass(frozen=True)
