@@ -17,7 +17,7 @@ from sodet.assets import DEFAULT_DATA_IMGSZ
 from sodet.errors import SodetError
 from sodet.runlock import run_lock
 from sodet.options import (
-    SMALL_AREA, DistillOptions, RunOptions, check_distill_options, check_engine_values, check_train_options,
+    SMALL_AREA, DistillOptions, RunOptions, check_distill_options, check_engine_values, check_train_options, parse_crop,
 )
 
 
@@ -50,6 +50,13 @@ def train(
     paste_copies: int = 1,
     paste_jitter: bool = False,
     oversample_pool: str = "small",
+    box_loss: str = "iou",
+    nwd_ratio: float = 0.5,
+    nwd_c: float | None = None,
+    nwd_assign: bool = False,
+    crop_train: str | list[float] | None = None,
+    crop_p: float = 2 / 3,
+    crop_min_visible: float = 0.1,
     freeze_bn: bool | None = None,
     distill: DistillOptions | None = None,
     **engine: Any,
@@ -63,7 +70,8 @@ def train(
 
     check_train_options(
         small_area=small_area, weighted_loss=weighted_loss, weight_form=weight_form, oversample=oversample,
-        paste_copies=paste_copies, oversample_pool=oversample_pool, **engine,
+        paste_copies=paste_copies, oversample_pool=oversample_pool, box_loss=box_loss, nwd_ratio=nwd_ratio,
+        nwd_c=nwd_c, crop_train=crop_train, crop_p=crop_p, crop_min_visible=crop_min_visible, **engine,
     )
     quiet_engine()
     engine["device"] = pick_device(engine.get("device"))
@@ -101,6 +109,13 @@ def train(
         paste_copies=paste_copies,
         paste_jitter=paste_jitter,
         oversample_pool=oversample_pool,
+        box_loss=box_loss,
+        nwd_ratio=nwd_ratio,
+        nwd_c=nwd_c,
+        nwd_assign=nwd_assign,
+        crop_train=parse_crop(crop_train) if crop_train is not None else None,
+        crop_p=crop_p,
+        crop_min_visible=crop_min_visible,
         classes=YAML.load(data_yaml)["sodet_classes"],
         data=str(Path(data).resolve()) if data else None,
         freeze_bn=freeze_bn if freeze_bn is not None or not from_checkpoint else saved.freeze_bn,

@@ -19,6 +19,7 @@ from sodet.errors import SodetError
 SMALL_AREA = 32 * 32  # COCO's "small": area below 32x32 pixels
 MEDIUM_AREA = 96 * 96  # COCO's "medium": below 96x96 pixels (and not small); "large" above
 WEIGHT_FORMS = ("study", "scale")  # 1 - W*s ; W*(1 - s)
+BOX_LOSSES = ("iou", "nwd", "iou+nwd")
 
 
 @dataclass
@@ -49,6 +50,14 @@ class RunOptions:
     paste_jitter: bool = False  # scale +-20 %, rotation +-15 deg on pasted objects
     oversample_pool: str = "small"  # "small": the extra appearances are of images holding small objects; "all":
     # the same NUMBER of extra appearances drawn from every image (the compute-matched control of copy-paste)
+    box_loss: str = "iou"  # "iou": the family's own; "nwd": 1 - NWD; "iou+nwd": nwd_ratio x own + the rest x NWD
+    nwd_ratio: float = 0.5  # the family's own loss's share of the "iou+nwd" blend
+    nwd_c: float | None = None  # NWD's C in input pixels (None: the training set's mean object size, measured once)
+    nwd_assign: bool = False  # NWD instead of IoU in the label assignment (Ultralytics TAL, GFL ATSS)
+    crop_train: list[float] | None = None  # sliced training: random crop sides [min, max] in source pixels (or
+    # fractions of the image side, when <= 1)
+    crop_p: float = 2 / 3  # share of the samples cropped (SAHI's fine-tuning: 2 of 3 augmentation policies)
+    crop_min_visible: float = 0.1  # objects keeping less of their area inside the crop are dropped
     freeze_bn: bool | None = None  # BatchNorm in eval mode with frozen affine (None: sodet decides, see trainer)
     letterbox: str = "center"  # evaluation padding: "center" (the engine's, as sodet trains) or "top-left"
     # (YOLOX's own pipeline, for official YOLOX weights evaluated as they were trained)
@@ -84,9 +93,22 @@ def check_positive(name: str, v: Any) -> None:
 
 def check_train_options(
     small_area: float = SMALL_AREA, weighted_loss: float | None = None, weight_form: str = "study",
-    oversample: float = 1.0, paste_copies: int = 1, oversample_pool: str = "small", **engine: Any,
+    oversample: float = 1.0, paste_copies: int = 1, oversample_pool: str = "small", box_loss: str = "iou",
+    nwd_ratio: float = 0.5, nwd_c: float | None = None, crop_train=None, crop_p: float = 2 / 3,
+    crop_min_visible: float = 0.1, **engine: Any,
 ) -> None:
     """One line for any invalid value, before any work is done."""
+    check_choice("--box-loss", box_loss, BOX_LOSSES)
+    if not (is_number(nwd_ratio) and 0 <= nwd_ratio <= 1):
+        raise SodetError(f"--nwd-ratio must be in [0, 1] (the IoU loss's share of the blend), got {nwd_ratio!r}")
+    if nwd_c is not None:
+        check_positive("--nwd-c", nwd_c)
+    if crop_train is not None:
+        parse_crop(crop_train)
+    if not (is_number(crop_p) and 0 < crop_p <= 1):
+        raise SodetError(f"--crop-p must be in (0, 1] (the share of samples cropped), got {crop_p!r}")
+    if not (is_number(crop_min_visible) and 0 < crop_min_visible <= 1):
+        raise SodetError(f"--crop-min-visible must be in (0, 1], got {crop_min_visible!r}")
     check_positive("--small-area", small_area)
     check_positive("--oversample", oversample)
     if weighted_loss is not None:
@@ -114,6 +136,23 @@ def check_engine_values(engine: dict) -> None:
     workers = engine.get("workers")
     if workers is not None and not (isinstance(workers, int) and not isinstance(workers, bool) and workers >= 0):
         raise SodetError(f"--workers must be 0 or more, got {workers!r}")
+
+
+def parse_crop(value) -> list[float]:
+    """``--crop-train MIN,MAX`` (one number: a fixed side): pixels of the source image, or fractions of its side
+    when both are at most 1."""
+    parts = [p.strip() for p in value.split(",")] if isinstance(value, str) else list(value)
+    try:
+        sides = [float(p) for p in parts]
+    except (TypeError, ValueError):
+        raise SodetError(f"--crop-train must be MIN,MAX (pixels, or fractions of the image side), got {value!r}") from None
+    if len(sides) == 1:
+        sides *= 2
+    if len(sides) != 2 or not all(is_number(x) and x > 0 for x in sides) or sides[0] > sides[1]:
+        raise SodetError(f"--crop-train must be MIN,MAX with 0 < MIN <= MAX, got {value!r}")
+    if sides[1] > 1 and sides[0] < 32:
+        raise SodetError(f"--crop-train sides in pixels must be at least 32, got {value!r}")
+    return sides
 
 
 MIN_IMGSZ = 32  # one cell of the coarsest stride of YOLOX / Ultralytics YOLO; GFL needs 128 (its P7)

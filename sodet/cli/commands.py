@@ -61,6 +61,13 @@ def train(
         "small", "--oversample-pool", help="small: repeat images holding small objects; all: as many extra samples from every image (compute-matched control)"
     ),
     paste_jitter: bool = typer.Option(False, "--paste-jitter", help="scale +-20%, rotate +-15 deg pasted objects"),
+    box_loss: str = typer.Option("iou", "--box-loss", help="box term: iou (the family's own) | nwd | iou+nwd (NWD, Wang et al. 2021)"),
+    nwd_ratio: float = typer.Option(0.5, "--nwd-ratio", help="the family's own loss's share of the iou+nwd blend"),
+    nwd_c: Optional[float] = typer.Option(None, "--nwd-c", help="NWD's C in input pixels [the training set's mean object size]"),
+    nwd_assign: bool = typer.Option(False, "--nwd-assign", help="NWD instead of IoU in the label assignment (Ultralytics TAL, GFL ATSS)"),
+    crop_train: Optional[str] = typer.Option(None, "--crop-train", help="sliced training: random crops MIN,MAX in source pixels (or fractions), resized to the input"),
+    crop_p: float = typer.Option(2 / 3, "--crop-p", help="share of the samples cropped (the rest full images)"),
+    crop_min_visible: float = typer.Option(0.1, "--crop-min-visible", help="objects keeping less of their area in the crop are dropped"),
     freeze_bn: Optional[bool] = typer.Option(
         None, "--freeze-bn/--no-freeze-bn", help="BatchNorm in eval mode, affine frozen [auto: frozen for folded weights]"
     ),

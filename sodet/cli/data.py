@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -88,3 +89,24 @@ def oversample(
     except SodetError as e:
         raise _fail(e)
     console.print(f"written: {out}", highlight=False)
+
+
+@data_app.command("slice")
+def slice_(
+    data: Path = typer.Option(..., "--data", help="COCO folder: annotations/<split>.json + images/<split>/"),
+    split: str = typer.Option("train", "--split", help="split to cut into tiles"),
+    out: Path = typer.Option(..., "--out", help="output COCO folder (must differ from --data)"),
+    size: int = typer.Option(512, "--size", help="tile side in pixels (sahi's default 512)"),
+    overlap: float = typer.Option(0.2, "--overlap", help="tile overlap, fraction of the tile"),
+    min_area_ratio: float = typer.Option(0.1, "--min-area-ratio", help="objects keeping less of their area in a tile are dropped"),
+    keep_empty: bool = typer.Option(True, "--keep-empty/--drop-empty", help="keep tiles without objects"),
+):
+    """Cut a split into overlapping tiles through sahi's slice_coco: a COCO folder to train on (sliced training offline)."""
+    from sodet.data.tiles import slice_coco_folder
+
+    try:
+        path = slice_coco_folder(data, split, out, size, overlap, min_area_ratio, keep_empty)
+    except SodetError as e:
+        raise _fail(e)
+    n = len(json.loads(path.read_text())["images"])
+    console.print(f"written: {out} ({n} tiles, {path})", highlight=False)

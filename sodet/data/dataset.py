@@ -9,6 +9,7 @@ mosaic on or off.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import numpy as np
@@ -178,10 +179,75 @@ class SodetDataset(YOLODataset):
 
     def get_image_and_label(self, index: int) -> dict:
         i = int(self.sample_index[index]) if index < len(self.sample_index) else index
+        paste = index >= len(self.labels) and self.options.paste_copies > 0
+        if self.augment and self.options.crop_train and random.random() < self.options.crop_p:
+            return self.cropped_label(i, index, paste)  # the engine's own generator: varies by epoch, fixed by seed
         label = super().get_image_and_label(i)
-        if index >= len(self.labels) and self.options.paste_copies > 0:
+        if paste:
             self.paste_into(label, i, index)
         return label
+
+    def cropped_label(self, i: int, index: int, paste: bool) -> dict:
+        """Sliced training (``sodet.data.crop``): a random crop of image ``i`` at full resolution, its objects
+        clipped (those keeping less than --crop-min-visible of their area dropped), copy-paste inside the crop for
+        an extra appearance, then resized to the network input as the engine loads images."""
+        import math
+
+        import cv2
+        from ultralytics.utils.patches import imread
+
+        from sodet.data.crop import clip_polygons, crop_boxes, crop_window
+
+        opts = self.options
+        im = imread(self.im_files[i], flags=self.cv2_flag)
+        if im is None:
+            raise FileNotFoundError(f"Image Not Found {self.im_files[i]}")
+        h0, w0 = im.shape[:2]
+        window = crop_window(h0, w0, list(opts.crop_train))
+        x0, y0, x1, y1 = window
+        base = self.labels[i]
+        xywh = np.asarray(base["bboxes"], np.float64).reshape(-1, 4) * [w0, h0, w0, h0]
+        xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
+        boxes, keep, visible = crop_boxes(xyxy, window, opts.crop_min_visible)
+        cls = np.asarray(base["cls"]).reshape(-1, 1)[keep]
+        crop = np.ascontiguousarray(im[y0:y1, x0:x1])
+        if paste and len(boxes):
+            from sodet.data.copy_paste import paste_small_objects
+
+            meta = self.meta[i]
+            scale = np.array([w0, h0], np.float32)
+            polys = [clip_polygons(None if p is None else [part * scale for part in p], window)
+                     for p, k in zip(meta["polygons"], keep) if k]
+            small = np.asarray(meta["area"])[keep] * visible[keep] < opts.small_area  # COCO area of what is visible
+            crowd, _, _ = crop_boxes(meta["crowd"] * np.array([w0, h0, w0, h0], np.float32), window, 1e-9)
+            res = paste_small_objects(crop, boxes, polys, small, crowd, np.random.default_rng([self.seed, index, x0, y0]),
+                                      copies=opts.paste_copies, jitter=opts.paste_jitter)
+            self.count_pastes(res)
+            if res.pasted:
+                crop = res.img
+                boxes = np.concatenate([boxes, res.boxes.astype(np.float64)], 0)
+                cls = np.concatenate([cls, cls[res.source]], 0)
+        hc, wc = crop.shape[:2]
+        size = max(self.imgsz) if isinstance(self.imgsz, (list, tuple)) else self.imgsz
+        r = size / max(hc, wc)  # long side to the network input, as the engine's load_image does
+        img = crop if r == 1 else cv2.resize(crop, (min(math.ceil(wc * r), size), min(math.ceil(hc * r), size)),
+                                             interpolation=cv2.INTER_LINEAR)
+        if img.ndim == 2:
+            img = img[..., None]
+        cxcywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1) / [wc, hc, wc, hc]
+        label = {
+            "im_file": base["im_file"], "cls": cls.astype(np.float32), "bboxes": cxcywh.astype(np.float32).reshape(-1, 4),
+            "segments": [], "normalized": True, "bbox_format": "xywh", "img": img, "ori_shape": (hc, wc),
+            "resized_shape": img.shape[:2], "ratio_pad": (img.shape[0] / hc, img.shape[1] / wc),
+        }
+        if self.rect:
+            label["rect_shape"] = self.batch_shapes[self.batch[i]]
+        return self.update_labels_info(label)
+
+    def count_pastes(self, res) -> None:
+        worker = torch.utils.data.get_worker_info()
+        row = self.paste_counts[0 if worker is None else 1 + worker.id % MAX_WORKERS]
+        row += torch.tensor([int(res.pasted), int(res.skipped)])
 
     def paste_into(self, label: dict, i: int, index: int) -> None:
         """Paste each small object of image ``i`` again (deterministic per seed and sample index)."""
@@ -205,9 +271,7 @@ class SodetDataset(YOLODataset):
             copies=self.options.paste_copies,
             jitter=self.options.paste_jitter,
         )
-        worker = torch.utils.data.get_worker_info()
-        row = self.paste_counts[0 if worker is None else 1 + worker.id % MAX_WORKERS]
-        row += torch.tensor([int(res.pasted), int(res.skipped)])
+        self.count_pastes(res)
         if res.pasted:
             from ultralytics.utils.instance import Instances
 

@@ -7,8 +7,9 @@ holds it against the methods each subclass really overrides, so it cannot drift.
 Trainer (``trainer.py``, subclass of ``DetectionTrainer``)
   ``get_model`` (the registered family's model; a distillation run's ``CwdDistiller``), ``train`` (builds the
   model before the multi-GPU launcher pickles it), ``build_dataset``, ``get_validator``, ``plot_training_labels``,
-  ``save_metrics`` (every results.csv row in the header's columns; ``training.json``), ``final_eval`` (a
-  distillation run's checkpoints rewritten with the student alone), ``validate`` (the random generators restored
+  ``save_metrics`` (every results.csv row in the header's columns, the file written whole; ``training.json``),
+  ``save_model`` (checkpoints written to temporary files and renamed: a kill or a full disk leaves the previous
+  ones), ``final_eval`` (the same for the final checkpoints; a distillation run's rewritten with the student alone), ``validate`` (the random generators restored
   around it: validating an epoch never changes the training that follows), ``optimizer_step`` (counted).
   private: ``_setup_train`` (AMP without the engine's downloading check; BatchNorm preparation; the start
   validation), ``_close_dataloader_mosaic``, ``_setup_scheduler``, ``_get_warmup_iterations``; with
@@ -36,7 +37,8 @@ Models (``sodet.models``): the model contract in ``../shared/notes/engine.md``, 
   ``models/adapter.py`` (``EngineAdapter``); Ultralytics YOLO is the engine's own ``DetectionModel`` with
   ``init_criterion`` overridden (``models/yolo.py``).
 Losses (``sodet.losses``): ``RuleBboxLoss``, a subclass of the engine's ``BboxLoss`` installed on its
-  ``v8DetectionLoss`` (``forward``).
+  ``v8DetectionLoss`` (``forward``); ``NwdTaskAlignedAssigner``, its ``TaskAlignedAssigner`` ranking candidates by
+  NWD (``iou_calculation``, for ``--nwd-assign``).
 Downloads (``sodet.hub``): the engine's ``attempt_download_asset`` / ``safe_download`` for Ultralytics assets.
 Environment and files (``sodet.offline``): ``YOLO_OFFLINE=1`` and ``YOLO_AUTOINSTALL=false`` unless the user set
   them; a local TTF copied as ``Arial.ttf`` into the engine's config folder (where the engine would download it).
@@ -46,7 +48,7 @@ Environment and files (``sodet.offline``): ``YOLO_OFFLINE=1`` and ``YOLO_AUTOINS
 # subclass -> (engine base class, the engine methods it overrides): checked by tests/test_architecture.py
 OVERRIDES = {
     "sodet.engine.trainer.SodetTrainer": ("ultralytics.models.yolo.detect.DetectionTrainer", (
-        "get_model", "train", "build_dataset", "get_validator", "plot_training_labels", "save_metrics", "final_eval",
+        "get_model", "train", "build_dataset", "get_validator", "plot_training_labels", "save_metrics", "save_model", "final_eval",
         "validate", "optimizer_step", "build_optimizer", "_setup_train", "_close_dataloader_mosaic",
         "_setup_scheduler", "_get_warmup_iterations")),
     "sodet.engine.predictor.SodetPredictor": ("ultralytics.models.yolo.detect.DetectionPredictor", (
@@ -57,4 +59,5 @@ OVERRIDES = {
         "get_img_files", "get_labels", "get_image_and_label", "__len__", "build_transforms")),
     "sodet.models.yolo.SodetDetectionModel": ("ultralytics.nn.tasks.DetectionModel", ("init_criterion",)),
     "sodet.losses.ultralytics_bbox.RuleBboxLoss": ("ultralytics.utils.loss.BboxLoss", ("forward",)),
+    "sodet.losses.ultralytics_bbox.NwdTaskAlignedAssigner": ("ultralytics.utils.tal.TaskAlignedAssigner", ("iou_calculation",)),
 }

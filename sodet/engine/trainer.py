@@ -92,6 +92,7 @@ class SodetTrainer(DetectionTrainer):
             super()._setup_train()
         finally:
             self.args.amp = amp
+        self.measure_nwd_c()
         self.prepare_batchnorm()
         with preserved_rng():  # the validation loader's transforms draw from Python's generator (BGR flip test)
             self.start_metrics = None if self.resume else self.validate_start()  # every rank: validation is sharded
@@ -100,6 +101,33 @@ class SodetTrainer(DetectionTrainer):
             self.scaler = torch.amp.GradScaler("cuda", enabled=True)
             if RANK in {-1, 0}:
                 LOGGER.info(f"{colorstr('sodet:')} AMP on ({torch.cuda.get_device_name(self.device)})")
+
+    def measure_nwd_c(self) -> None:
+        """NWD's C, when the run uses NWD and gave no --nwd-c: the training set's mean object size (sqrt of box
+        area) at the network input, measured once here, logged, kept in the run's options (resume and multi-GPU
+        workers reuse it) and installed with the box rule."""
+        from sodet.losses.box_rule import BoxRule
+
+        opts = self.options
+        rule = BoxRule.from_options(opts)
+        if rule is None or not rule.uses_nwd or opts.nwd_c is not None:
+            return
+        import numpy as np
+
+        imgsz = max(self.args.imgsz) if isinstance(self.args.imgsz, (list, tuple)) else self.args.imgsz
+        sizes = []
+        for lb in self.train_loader.dataset.labels:
+            h, w = lb["shape"]
+            b = np.asarray(lb["bboxes"]).reshape(-1, 4)
+            sizes.append(np.sqrt(b[:, 2] * w * b[:, 3] * h) * imgsz / max(h, w))
+        sizes = np.concatenate(sizes) if sizes else np.zeros(0)
+        if not len(sizes):
+            raise SodetError("--box-loss nwd: the training set holds no boxes to measure NWD's C on; pass --nwd-c")
+        opts.nwd_c = float(sizes.mean())
+        self.family.install_box_rule(self.student, BoxRule.from_options(opts))
+        if RANK in {-1, 0}:
+            LOGGER.info(f"{colorstr('sodet:')} NWD's C = {opts.nwd_c:.2f} px: the mean object size of the {len(sizes)} "
+                        f"training boxes at {imgsz} px (--nwd-c overrides)")
 
     def prepare_batchnorm(self, n_batches: int = 4) -> None:
         """Give fine-tuning a parametrization that trains like the original network (see sodet.models.batchnorm):

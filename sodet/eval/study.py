@@ -54,6 +54,8 @@ class Setting:
     overrides: tuple[tuple[str, Any], ...] = ()
     control_of: str | None = None  # the setting whose extra compute this one matches (for the report)
     reference: str | None = None  # the reference study's row of the same treatment, where the treatment matches
+    eval_args: tuple[str, ...] = ()  # extra options of the final scoring (e.g. sliced inference: --slice 320)
+    one_run: bool = False  # trained once (seed 0) and used by every seed (a teacher trained for longer)
 
     @property
     def command(self) -> str:
@@ -63,7 +65,8 @@ class Setting:
 def settings_from(config: dict) -> dict[str, Setting]:
     out = {}
     for name, spec in config["settings"].items():
-        unknown = set(spec) - {"label", "args", "model", "teacher", "epochs_scale", "overrides", "control_of", "reference"}
+        unknown = set(spec) - {"label", "args", "model", "teacher", "epochs_scale", "overrides", "control_of", "reference",
+                               "eval_args", "one_run"}
         if unknown:
             raise SodetError(f"cfg/study.yaml: setting {name} has unknown keys {sorted(unknown)}")
         out[name] = Setting(
@@ -71,7 +74,8 @@ def settings_from(config: dict) -> dict[str, Setting]:
             model=spec.get("model", "student"), teacher=spec.get("teacher"),
             epochs_scale=float(spec.get("epochs_scale", 1.0)),
             overrides=tuple((spec.get("overrides") or {}).items()), control_of=spec.get("control_of"),
-            reference=spec.get("reference"),
+            reference=spec.get("reference"), eval_args=tuple(str(a) for a in spec.get("eval_args", [])),
+            one_run=bool(spec.get("one_run", False)),
         )
     return out
 
@@ -168,8 +172,11 @@ class Cell:
 
     @property
     def final_dir(self) -> Path:
-        """Where the numbers the report uses are: the test-split scoring, or the run's own final validation."""
-        return self.run_dir / FINAL if self.eval_command else self.run_dir
+        """Where the numbers the report uses are: the test-split scoring (a setting scored its own way, e.g. sliced,
+        in a folder of its name beside it), or the run's own final validation."""
+        if not self.eval_command:
+            return self.run_dir
+        return self.run_dir / (f"{FINAL}-{self.setting.name}" if self.setting.eval_args else FINAL)
 
     def trained(self) -> bool:
         """Training finished: its final evaluation wrote metrics.json (and best.pt / last.pt exist)."""
@@ -195,6 +202,8 @@ def cell_command(
     if setting.teacher:
         args += ["--teacher", str(teacher_weights_path)]
     model, weights = (opts.teacher, opts.teacher_weights) if setting.model == "teacher" else (opts.student, opts.student_weights)
+    if setting.model not in ("student", "teacher"):  # a model of its own, e.g. "{student}-p2"
+        model, weights = setting.model.format(student=opts.student, teacher=opts.teacher), None
     args += ["--model", model]
     if weights:
         args += ["--weights", weights]
@@ -214,13 +223,16 @@ def cell_command(
     return args
 
 
-def eval_command(out_dir: Path, opts: StudyOptions) -> list[str] | None:
-    """``sodet val`` of the run's last weights on the test split (none without one): the final numbers come
-    from images no choice was made on; the run's classes travel in its checkpoint."""
-    if not opts.test_split:
+def eval_command(out_dir: Path, opts: StudyOptions, setting: Setting | None = None) -> list[str] | None:
+    """``sodet val`` of the run's last weights on the test split (none without one, unless the setting scores its
+    own way: then on the validation split): the final numbers come from images no choice was made on; the run's
+    classes travel in its checkpoint."""
+    extra = list(setting.eval_args) if setting else []
+    if not opts.test_split and not extra:
         return None
-    args = ["val", "--model", str(out_dir / "weights" / "last.pt"), "--data", opts.data, "--split", opts.test_split,
-            "--imgsz", str(opts.imgsz), "--batch", str(opts.batch), "--out", str(out_dir / FINAL), "--no-size-buckets"]
+    folder = f"{FINAL}-{setting.name}" if extra else FINAL
+    args = ["val", "--model", str(out_dir / "weights" / "last.pt"), "--data", opts.data, "--split", opts.test_split or "val",
+            "--imgsz", str(opts.imgsz), "--batch", str(opts.batch), "--out", str(out_dir / folder), "--no-size-buckets", *extra]
     if opts.device not in (None, ""):
         args += ["--device", str(opts.device)]
     return args
@@ -234,16 +246,26 @@ def build_cells(study_dir: Path, settings: Sequence[Setting], seeds: Sequence[in
     needed = set(wanted) | {s.teacher for s in settings if s.teacher}
     order = [s for s in all_settings.values() if s.name in needed]
     cells: list[Cell] = []
+    once: dict[str, Cell] = {}  # the single run of a one_run setting (seed 0)
     for seed in seeds:
         by_name: dict[str, Cell] = {}
         for setting in order:
-            out_dir = study_dir / setting.name / f"seed{seed}"
+            if setting.one_run and setting.name in once:
+                by_name[setting.name] = once[setting.name]
+                continue
+            run_seed = 0 if setting.one_run else seed
+            out_dir = study_dir / setting.name / f"seed{run_seed}"
             teacher = by_name.get(setting.teacher) if setting.teacher else None
-            command = cell_command(setting, seed, out_dir, opts, teacher.weights if teacher else None)
-            cell = Cell(setting, seed, out_dir, command, teacher_cell=teacher, eval_command=eval_command(out_dir, opts))
+            command = cell_command(setting, run_seed, out_dir, opts, teacher.weights if teacher else None)
+            cell = Cell(setting, run_seed, out_dir, command, teacher_cell=teacher,
+                        eval_command=eval_command(out_dir, opts, setting))
             same_key = _without_output(command)
             cell.same_as = next((c.same_as or c for c in by_name.values() if _without_output(c.command) == same_key), None)
+            if cell.same_as is not None and cell.eval_command:  # scored its own way on the identical run's weights
+                cell.eval_command = eval_command(cell.same_as.run_dir, opts, setting)
             by_name[setting.name] = cell
+            if setting.one_run:
+                once[setting.name] = cell
             cells.append(cell)
     return cells
 
@@ -379,13 +401,19 @@ def run_study(
         record.update(setting=cell.setting.name, seed=cell.seed, command=cell.shell())
         if cell.eval_command:
             record["eval_command"] = cell.eval_shell()
-        if cell.same_as is not None:
+        if cell.same_as is not None and not (cell.setting.eval_args and cell.same_as.trained()):
             record.update(same_as=cell.same_as.key)
             target = study.records.get(cell.same_as.key, {})
             record["status"] = SAME if cell.same_as.finished() else target.get("status", FAILED)
             if cell.same_as.finished():
                 _link(cell.dir, cell.same_as.run_dir)
             echo(f"{tag}: same command as {cell.same_as.key}, its run stands for this one")
+        elif cell.same_as is not None:  # the identical run's weights, scored this setting's way (e.g. sliced)
+            record.pop("same_as", None)
+            record.update(trained_as=cell.same_as.key)
+            _link(cell.dir, cell.same_as.run_dir)
+            ok = cell.finished() or _run_step(study_dir, cell, record, "eval", cell.eval_command, echo, tag, runner, commit)
+            record["status"] = DONE if ok and cell.finished() else FAILED
         elif cell.finished():
             record["status"] = DONE
             echo(f"{tag}: finished before, not re-run")
@@ -554,10 +582,11 @@ def run(
         check_same_options(manifest, opts, study_dir)
     if dry_run:
         for cell in cells:
-            state = ("finished" if cell.finished() else "") if cell.same_as is None else f"same run as {cell.same_as.key}"
+            state = ("finished" if cell.finished() else "") if cell.same_as is None else (
+                f"trained as {cell.same_as.key}, scored its own way" if cell.setting.eval_args else f"same run as {cell.same_as.key}")
             print(f"# {cell.key}" + (f" ({state})" if state else ""))
             print(cell.shell())
-            if cell.eval_command and cell.same_as is None:
+            if cell.eval_command and (cell.same_as is None or cell.setting.eval_args):
                 print(cell.eval_shell())
         return None
     study_dir.mkdir(parents=True, exist_ok=True)

@@ -163,14 +163,19 @@ def collect(study_dir: Path, primary: str | None = None, resamples: int | None =
 
 
 def _cell_result(study_dir: Path, name: str, seed: int, record: dict) -> CellResult:
-    same_as = record.get("same_as")
-    run_dir = study_dir / same_as if same_as else study_dir / name / f"seed{seed}"
-    final_dir = run_dir / FINAL if record.get("eval_command") else run_dir
+    same_as = record.get("same_as")  # another cell's run stands for this one
+    trained = same_as or record.get("trained_as")  # ... or only its training, scored this setting's own way
+    run_dir = study_dir / trained if trained else study_dir / name / f"seed{seed}"
+    final_dir = run_dir
+    if record.get("eval_command"):  # where its scoring wrote (a setting scored its own way has a folder of its name)
+        parts = record["eval_command"].split()
+        final_dir = Path(parts[parts.index("--out") + 1])
     status = record.get("status", "")
     path = final_dir / METRICS_FILE
     metrics = read_metrics(path) if status in {DONE, SAME} and path.is_file() else None
     training = _read_json(run_dir / "training.json")
-    return CellResult(name, seed, status, metrics, None if same_as else record.get("seconds"), run_dir, final_dir,
+    seconds = None if same_as else record.get("seconds") if not trained else None
+    return CellResult(name, seed, status, metrics, seconds, run_dir, final_dir,
                       record, training, _curve(run_dir), same_as, record.get("error"))
 
 

@@ -52,13 +52,19 @@ def centres(boxes: torch.Tensor) -> torch.Tensor:
 
 
 def atss_assign(anchors: torch.Tensor, num_level_anchors: list[int], gt_bboxes: torch.Tensor,
-                gt_labels: torch.Tensor, topk: int = 9) -> Assignment:
-    """Assign each of ``anchors`` (A, 4 xyxy, levels concatenated) to one of ``gt_bboxes`` (G, 4 xyxy) or none."""
+                gt_labels: torch.Tensor, topk: int = 9, nwd_c: float | None = None) -> Assignment:
+    """Assign each of ``anchors`` (A, 4 xyxy, levels concatenated) to one of ``gt_bboxes`` (G, 4 xyxy) or none.
+    ``nwd_c``: rank and threshold the candidates by NWD of that C instead of IoU (the NWD paper's assignment)."""
     num_gt, num_anchors = gt_bboxes.shape[0], anchors.shape[0]
     gt_inds = anchors.new_zeros((num_anchors,), dtype=torch.long)
     if num_gt == 0 or num_anchors == 0:
         return Assignment(gt_inds, anchors.new_zeros((num_anchors,)), gt_inds.new_full((num_anchors,), -1))
-    overlaps = box_iou(anchors, gt_bboxes)  # (A, G)
+    if nwd_c is None:
+        overlaps = box_iou(anchors, gt_bboxes)  # (A, G)
+    else:
+        from sodet.losses.nwd import nwd
+
+        overlaps = nwd(anchors[:, None, :], gt_bboxes[None, :, :], nwd_c)
     distances = (centres(anchors)[:, None, :] - centres(gt_bboxes)[None, :, :]).pow(2).sum(-1).sqrt()
 
     candidates, start = [], 0

@@ -71,6 +71,7 @@ class GflLoss(nn.Module):
         self.topk, self.beta = topk, beta
         self.weight_cls, self.weight_bbox, self.weight_dfl = weight_cls, weight_bbox, weight_dfl
         self.box_loss = RuleGIoULoss()  # torchvision's 1 - GIoU; the GFL family installs a run's BoxRule here
+        self.assign_nwd_c = None  # ATSS ranks anchors by IoU; by NWD of this C (px) with --nwd-assign
 
     def targets(self, head, sizes, gt_bboxes: list[torch.Tensor], gt_labels: list[torch.Tensor], device):
         """Anchors, points, per-anchor strides and, per image, the ATSS assignment, class labels (background =
@@ -82,7 +83,7 @@ class GflLoss(nn.Module):
         anchors = torch.cat(anchors)
         assigns, labels, boxes = [], [], []
         for bb, lb in zip(gt_bboxes, gt_labels):
-            a = atss_assign(anchors, num_level, bb.float(), lb, self.topk)
+            a = atss_assign(anchors, num_level, bb.float(), lb, self.topk, getattr(self, "assign_nwd_c", None))
             pos = a.gt_inds > 0
             lab = a.gt_inds.new_full(a.gt_inds.shape, head.num_classes)
             lab[pos] = lb[a.gt_inds[pos] - 1].long()

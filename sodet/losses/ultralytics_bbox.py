@@ -11,8 +11,10 @@ from __future__ import annotations
 import torch
 from ultralytics.utils.loss import BboxLoss, RotatedBboxLoss
 from ultralytics.utils.metrics import bbox_iou
+from ultralytics.utils.tal import TaskAlignedAssigner
 
 from sodet.losses.box_rule import BoxRule
+from sodet.losses.nwd import nwd
 
 
 class RuleBboxLoss(BboxLoss):
@@ -65,10 +67,23 @@ def detection_losses(criterion) -> list:
     return branches or [criterion]
 
 
+class NwdTaskAlignedAssigner(TaskAlignedAssigner):
+    """The engine's task-aligned assigner ranking candidates by NWD instead of CIoU (``--nwd-assign``): the
+    alignment metric becomes score^alpha * NWD^beta (boxes in input pixels, as the criterion hands them)."""
+
+    def __init__(self, c: float, **kwargs):
+        super().__init__(**kwargs)
+        self.c = float(c)
+
+    def iou_calculation(self, gt_bboxes, pd_bboxes):
+        return nwd(pd_bboxes, gt_bboxes, self.c).clamp_(0)
+
+
 def install_rule(criterion, rule: BoxRule):
     """Replace the ``bbox_loss`` of a ``v8DetectionLoss`` (or of both branches of YOLO26's ``E2ELoss``) with one
-    that applies ``rule``, built with the replaced loss's reg_max, training flag and device; installing again
-    replaces it again. Returns the criterion."""
+    that applies ``rule``, built with the replaced loss's reg_max, training flag and device, and, where the rule
+    asks for it, its assigner with the NWD one (same settings); installing again replaces them again. Returns the
+    criterion."""
     for loss in detection_losses(criterion):
         current = getattr(loss, "bbox_loss", None)
         if not isinstance(current, BboxLoss) or isinstance(current, RotatedBboxLoss):
@@ -78,4 +93,8 @@ def install_rule(criterion, rule: BoxRule):
         reg_max = current.dfl_loss.reg_max if current.dfl_loss is not None else 1
         ruled = RuleBboxLoss(reg_max, rule).to(getattr(loss, "device", None))
         loss.bbox_loss = ruled.train(current.training)
+        if rule.assign == "nwd":
+            a = loss.assigner
+            settings = {k: getattr(a, k) for k in ("topk", "num_classes", "alpha", "beta", "eps") if hasattr(a, k)}
+            loss.assigner = NwdTaskAlignedAssigner(rule.nwd_c, **settings)
     return criterion

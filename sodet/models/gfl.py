@@ -376,6 +376,7 @@ class GflFamily(Family):
 
     def install_box_rule(self, model, rule):
         model.gfl_loss.box_loss = RuleGIoULoss(rule)
+        model.gfl_loss.assign_nwd_c = rule.nwd_c if rule.assign == "nwd" else None  # ATSS on NWD (--nwd-assign)
 
     def feature_modules(self, model, on):
         return [model.neck] if on == "neck" else [model.bbox_head.gfl_cls]

@@ -115,7 +115,8 @@ def registry_weights(entry: ModelEntry, weights: str | Path | None, fetch: bool 
             return None  # no default weights: random init
         require_weights_file(weights)  # a one-line error saying what to put where
     target = get_entry(row.model)
-    if (target.family, target.arch) != (entry.family, entry.arch):
+    # a model's own weights, or those its entry names (a P2 model starts from its base model's)
+    if (target.family, target.arch) != (entry.family, entry.arch) and row.file != entry.weights:
         raise SodetError(f"weights {row.file} are for {row.model}, not {entry.name}")
     if not fetch:
         return hub.cached_path(row)

@@ -13,6 +13,9 @@ import warnings
 import torch
 from torch import nn
 from yolox.config import YoloxConfig
+from yolox.models import YoloPafpn, YoloxHead, YoloxModule
+from yolox.models.darknet import CspDarknet
+from yolox.models.network_blocks import BaseConv, CspLayer
 
 from sodet.errors import SodetError
 from sodet.losses.yolox_iou import RuleIouLoss
@@ -30,6 +33,52 @@ YOLOX_STRIDES = (8.0, 16.0, 32.0)
 NOMINAL_BATCH = 64  # the engine's nbs, and the batch YOLOX's learning rate is quoted for
 
 
+class CspDarknetFeatures(CspDarknet):
+    """pixeltable-yolox's backbone returning stride 4 (dark2) too, and handing precomputed features through, so
+    that ``YoloPafpnP2`` runs the parent PAFPN's own forward on features it computed once."""
+
+    def forward(self, x):
+        return x if isinstance(x, dict) else super().forward(x)
+
+
+class YoloPafpnP2(YoloPafpn):
+    """YOLOX's PAFPN with one more top-down step to stride 4: outputs (P2, P3, P4, P5). P3..P5 are the parent's own
+    (its forward is reused unchanged), so pretrained weights keep their function; the P2 branch (a 1x1 reduction of
+    P3, upsampling, concatenation with the backbone's stride-4 map, a CSP layer) starts from its initialisation."""
+
+    def __init__(self, depth: float, width: float, in_channels=(256, 512, 1024), depthwise: bool = False, act: str = "silu"):
+        super().__init__(depth, width, in_channels=list(in_channels), depthwise=depthwise, act=act)
+        self.backbone = CspDarknetFeatures(depth, width, out_features=("dark2", "dark3", "dark4", "dark5"),
+                                           depthwise=depthwise, act=act)
+        c3, c2 = int(in_channels[0] * width), int(64 * width) * 2  # P3's width; the backbone's dark2 width
+        self.reduce_conv2 = BaseConv(c3, c2, 1, 1, act=act)
+        self.C3_p2 = CspLayer(2 * c2, c2, round(3 * depth), False, depthwise=depthwise, act=act)
+
+    def forward(self, x):
+        feats = self.backbone(x)
+        p3, p4, p5 = super().forward(feats)
+        p2 = self.C3_p2(torch.cat([self.upsample(self.reduce_conv2(p3)), feats["dark2"]], 1))
+        return p2, p3, p4, p5
+
+
+P2_STRIDES = (4.0, *YOLOX_STRIDES)
+
+
+def yolox_network(arch: str, nc: int):
+    """pixeltable-yolox's network for ``arch`` (a config name, ``+p2`` for the stride-4 variant), its own init."""
+    config, _, variant = arch.partition("+")
+    cfg = YoloxConfig.get_named_config(config)
+    cfg.num_classes = nc
+    if variant == "p2":
+        in_channels = [128, 256, 512, 1024]  # P2 holds half P3's channels, as the backbone's stride-4 map
+        cfg.model = YoloxModule(YoloPafpnP2(cfg.depth, cfg.width, depthwise=cfg.depthwise, act=cfg.act),
+                                YoloxHead(nc, cfg.width, strides=[int(s) for s in P2_STRIDES], in_channels=in_channels,
+                                          depthwise=cfg.depthwise, act=cfg.act))
+    elif variant:
+        raise SodetError(f"unknown YOLOX variant '{variant}' in {arch}")
+    return cfg.get_model()  # official init: BN eps 1e-3 / momentum 0.03, prior-0.01 biases
+
+
 class YoloxDetector(FrozenBatchNormTraining, EngineAdapter):
     """A YOLOX network that the engine can train, validate, checkpoint, resume and deep-copy."""
 
@@ -37,11 +86,10 @@ class YoloxDetector(FrozenBatchNormTraining, EngineAdapter):
     nominal_batch = NOMINAL_BATCH
     parts = ("backbone", "head")
 
-    def __init__(self, name: str = "yolox-nano", nc: int = 80, names: dict | None = None):
-        super().__init__("yolox", name, nc, names, YOLOX_STRIDES)
-        cfg = YoloxConfig.get_named_config(name.replace("-", "_"))
-        cfg.num_classes = nc
-        net = cfg.get_model()  # official init: BN eps 1e-3 / momentum 0.03, prior-0.01 biases
+    def __init__(self, name: str = "yolox-nano", nc: int = 80, names: dict | None = None, arch: str | None = None):
+        arch = arch or name.replace("-", "_")
+        super().__init__("yolox", name, nc, names, P2_STRIDES if arch.endswith("+p2") else YOLOX_STRIDES, arch=arch)
+        net = yolox_network(arch, nc)
         self.backbone, self.head = net.backbone, net.head
         # official YOLOX weights expect 0-255 pixels; weights re-conditioned by sodet (folded BatchNorm) take 0-1
         # with the 255 moved into the first convolution (see sodet.models.batchnorm)
@@ -129,20 +177,44 @@ class YoloxFamily(Family):
     pretrained_letterbox = "top-left"  # square, padded bottom/right: how its weights were trained and evaluated
 
     def build(self, entry, nc, names=None):
-        return YoloxDetector(entry.name, nc, names)
+        return YoloxDetector(entry.name, nc, names, entry.arch)
 
     def load_state(self, model, ckpt, origin):
         """Megvii's release files: ``{"model": state_dict, ...}`` (sodet's shipped file too)."""
         state = ckpt.get("model") if isinstance(ckpt, dict) else None
         if not (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())):
             raise SodetError(f"{origin}: not a YOLOX checkpoint (expected {{'model': state_dict}})")
-        load_by_name(model, state, (".cls_preds.",), origin)
+        load_by_name(model, self.transfer(model, state, origin), (".cls_preds.",), origin)
 
     def load_module(self, model, source, origin):
-        load_by_name(model, source.float().state_dict(), (".cls_preds.",), origin, model_names(source))
+        state = self.transfer(model, source.float().state_dict(), origin)
+        load_by_name(model, state, (".cls_preds.",), origin, model_names(source))
+
+    @staticmethod
+    def transfer(model, state: dict, origin) -> dict:
+        """A P2 model from its base model's weights: the head's levels move up one (stride 8 was level 0), the P2
+        layers keep their initialisation; logged as N of M tensors. Other models: the state as it is."""
+        own = model.state_dict()
+        if len(model.stride) == len(state_levels(state)) or not str(model.yaml.get("arch", "")).endswith("+p2"):
+            return state
+        moved = {}
+        for k, v in state.items():
+            parts = k.split(".")
+            if parts[0] == "head" and len(parts) > 2 and parts[2].isdigit():
+                parts[2] = str(int(parts[2]) + 1)
+            moved[".".join(parts)] = v
+        full = {k: moved.get(k, v) for k, v in own.items()}
+        taken = sum(k in moved for k in own)
+        from ultralytics.utils import LOGGER, colorstr
+
+        LOGGER.info(f"{colorstr('sodet:')} {taken} of {len(own)} tensors from {origin} (the P2 layers start from their init)")
+        return full
         model.input_scale = getattr(source, "input_scale", 255.0)  # the pixel range its first convolution expects
 
     def install_box_rule(self, model, rule):
+        if rule.assign == "nwd":
+            raise SodetError("--nwd-assign: YOLOX's SimOTA computes its IoU inside pixeltable-yolox's get_assignments, "
+                             "which sodet does not fork; NWD assignment works on Ultralytics YOLO (TAL) and GFL (ATSS)")
         model.head.iou_loss = RuleIouLoss(rule, loss_type=model.head.iou_loss.loss_type).train(model.head.iou_loss.training)
 
     def feature_modules(self, model, on):
@@ -150,6 +222,11 @@ class YoloxFamily(Family):
 
     def on_close_mosaic(self, model):
         model.head.use_l1 = True  # YOLOX's recipe: L1 box term in the last, unaugmented epochs
+
+
+def state_levels(state: dict) -> set[int]:
+    """The head levels a YOLOX state dict holds (``head.stems.<level>.*``)."""
+    return {int(k.split(".")[2]) for k in state if k.startswith("head.stems.")}
 
 
 register_family(YoloxFamily())
