@@ -57,6 +57,9 @@ def train(
     crop_train: str | list[float] | None = None,
     crop_p: float = 2 / 3,
     crop_min_visible: float = 0.1,
+    protocol: str | None = None,
+    size_edges: list[float] | None = None,
+    size_names: list[str] | None = None,
     freeze_bn: bool | None = None,
     distill: DistillOptions | None = None,
     **engine: Any,
@@ -73,6 +76,9 @@ def train(
         paste_copies=paste_copies, oversample_pool=oversample_pool, box_loss=box_loss, nwd_ratio=nwd_ratio,
         nwd_c=nwd_c, crop_train=crop_train, crop_p=crop_p, crop_min_visible=crop_min_visible, **engine,
     )
+    from sodet.eval.protocols import get_protocols
+
+    get_protocols(protocol, size_edges, size_names)  # refused now, not at the first validation
     quiet_engine()
     engine["device"] = pick_device(engine.get("device"))
     if resume:
@@ -116,6 +122,9 @@ def train(
         crop_train=parse_crop(crop_train) if crop_train is not None else None,
         crop_p=crop_p,
         crop_min_visible=crop_min_visible,
+        protocol=protocol or (saved.protocol if from_checkpoint else "coco"),
+        size_edges=size_edges if size_edges else (saved.size_edges if from_checkpoint else None),
+        size_names=size_names if size_names else (saved.size_names if from_checkpoint else None),
         classes=YAML.load(data_yaml)["sodet_classes"],
         data=str(Path(data).resolve()) if data else None,
         freeze_bn=freeze_bn if freeze_bn is not None or not from_checkpoint else saved.freeze_bn,
@@ -233,6 +242,10 @@ def val(
     slice_merge: str = "nms",  # val keeps conf 0.001 detections: greedy NMM would merge them into unions
     slice_match: str = "IOS",
     slice_threshold: float = 0.5,
+    protocol: str | None = None,
+    size_edges: list[float] | None = None,
+    size_names: list[str] | None = None,
+    max_det: int | None = None,
     **engine: Any,
 ) -> tuple[Path, dict]:
     """Validate a checkpoint, an exported model or a registered model; returns (output folder, the COCO metrics).
@@ -272,6 +285,16 @@ def val(
                              f"{' ...' if len(names) > 10 else ''})")
         class_rows = [names.index(n) for n in data_names]
     family = resolved.family if resolved.kind != "export" else family_named(options.model if options else None)
+    options = options or RunOptions()
+    if protocol or size_edges:  # this scoring's protocols (else the run's own)
+        import dataclasses
+
+        from sodet.eval.protocols import get_protocols
+
+        get_protocols(protocol, size_edges, size_names)
+        options = dataclasses.replace(options, protocol=protocol or "coco", size_edges=size_edges, size_names=size_names)
+    if max_det is not None:
+        engine["max_det"] = max_det
     if out:
         save_dir = Path(out)
     else:
@@ -293,7 +316,7 @@ def val(
         "mode": "val",
         **{k: v for k, v in engine.items() if v is not None},
     }
-    validator = SodetValidator(save_dir=save_dir, args=args, options=options or RunOptions(), size_buckets=size_buckets,
+    validator = SodetValidator(save_dir=save_dir, args=args, options=options, size_buckets=size_buckets,
                                slicer=slicer, class_rows=class_rows)
     if resolved.kind == "export":  # rect batches only when it takes any input size
         validator.fixed_size = not (resolved.metadata.get("args") or {}).get("dynamic", False)

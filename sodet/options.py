@@ -61,6 +61,9 @@ class RunOptions:
     freeze_bn: bool | None = None  # BatchNorm in eval mode with frozen affine (None: sodet decides, see trainer)
     letterbox: str = "center"  # evaluation padding: "center" (the engine's, as sodet trains) or "top-left"
     # (YOLOX's own pipeline, for official YOLOX weights evaluated as they were trained)
+    protocol: str = "coco"  # size protocols scored beside COCO's 12 numbers: coco, aitod, tinyperson (comma list)
+    size_edges: list[float] | None = None  # custom size buckets: edges in pixels of sqrt(area), e.g. [8, 16, 32, 96]
+    size_names: list[str] | None = None  # their names (default "0-8", "8-16", ...)
     classes: list[str] | None = None  # class names selected from the data
     data: str | None = None  # the data the user named (COCO folder or YAML)
     distill: DistillOptions | None = None  # set by ``sodet distill``

@@ -192,9 +192,12 @@ def test_dry_run_prints_the_matrix_with_controls_and_writes_nothing(cli, tmp_pat
     assert not (tmp_path / "runs").exists()
     names = [header.split()[1] for header in cells]
     settings = ["baseline", "cp", "cp-nopaste", "baseline-matched", "wl-study", "wl-scale", "teacher", "teacher-cp",
-                "teacher-long", "cwd1", "cwd2", "cwd3", "cwd-long", "cwd-long-w25", "all"]
-    assert names == [f"{s}/seed{k}" for k in (0, 1) for s in settings]  # seed by seed, teachers before CWD
+                "teacher-long", "cwd1", "cwd2", "cwd3", "cwd-long", "cwd-long-w25", "sf", "slice-val", "sf+slice-val", "nwd",
+                "p2", "cp+sf", "cp+nwd", "all"]
+    # seed by seed, teachers before CWD; the 3x teacher is trained once (seed 0) for every seed
+    assert names == [f"{s}/seed{k}" for k in (0, 1) for s in settings if k == 0 or s != "teacher-long"]
     commands = {header.split()[1]: cmds[0] if cmds else None for header, cmds in cells.items()}
+    headers = {header.split()[1]: header for header in cells}
     study = tmp_path / "runs" / "yolox-nano-hit-uav-mini-smoke"
     base = commands["baseline/seed1"]
     assert base[:2] == ["sodet", "train"] and "--copy-paste" not in base and "distill" not in base
@@ -208,17 +211,23 @@ def test_dry_run_prints_the_matrix_with_controls_and_writes_nothing(cli, tmp_pat
     assert "--copy-paste --paste-copies 0 --oversample-pool all" in " ".join(commands["baseline-matched/seed0"])
     teacher_long = commands["teacher-long/seed0"]
     assert teacher_long[teacher_long.index("--epochs") + 1] == "9"  # epochs_scale 3
-    w25 = commands["cwd-long-w25/seed0"]
+    w25 = commands["cwd-long-w25/seed1"]
     assert w25[1] == "distill" and w25[w25.index("--cwd-weight") + 1] == "25"
     assert w25[w25.index("--teacher") + 1] == str(study / "teacher-long" / "seed0" / "weights" / "last.pt")
+    assert commands["p2/seed0"][commands["p2/seed0"].index("--model") + 1] == "yolox-nano-p2"
+    assert "--crop-train 256,512" in " ".join(commands["sf/seed0"]) and "--box-loss iou+nwd" in " ".join(commands["nwd/seed0"])
+    assert headers["slice-val/seed0"].endswith("(trained as baseline/seed0, scored its own way)")
+    sliced = cells[headers["slice-val/seed0"]][1]  # scored on the baseline's weights, sliced, in a folder of its own
+    assert sliced[sliced.index("--model") + 1] == str(study / "baseline" / "seed0" / "weights" / "last.pt")
+    assert "--slice 320" in " ".join(sliced) and sliced[sliced.index("--out") + 1] == str(study / "baseline" / "seed0" / "test-slice-val")
     # a teacher identical to the student is the baseline run (validating every epoch does not change its weights)
-    headers = {header.split()[1]: header for header in cells}
     assert headers["teacher/seed1"].endswith("(same run as baseline/seed1)")
     assert headers["teacher-cp/seed0"].endswith("(same run as cp/seed0)")
     teacher_of = {k: c[c.index("--teacher") + 1] for k, c in commands.items() if c and c[1] == "distill"}
     assert teacher_of["cwd1/seed1"] == str(study / "baseline" / "seed1" / "weights" / "last.pt")
     assert teacher_of["cwd2/seed0"] == str(study / "cp" / "seed0" / "weights" / "last.pt")
-    assert all(len(c) == 1 for c in cells.values() if c)  # the embedded set has no test split: no scoring step
+    # the embedded set has no test split: no scoring step, but for the settings scored their own way (sliced)
+    assert {h.split()[1].split("/")[0] for h, c in cells.items() if len(c) > 1} == {"slice-val", "sf+slice-val"}
 
 
 def test_test_split_scores_each_cell_on_it(cli, tmp_path):

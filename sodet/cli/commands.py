@@ -22,6 +22,22 @@ def split_classes(classes: str | None) -> list[str] | None:
     return [c.strip() for c in classes.split(",") if c.strip()] if classes else None
 
 
+def split_numbers(text: str | None) -> list[float] | None:
+    from sodet.errors import SodetError
+
+    if not text:
+        return None
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SodetError(f"expected numbers separated by commas, got {text!r}") from None
+
+
+PROTOCOL_OPTION = typer.Option(None, "--protocol", help="size protocols beside COCO's buckets: coco | aitod | tinyperson (comma list)")
+SIZE_EDGES_OPTION = typer.Option(None, "--size-edges", help="custom size buckets: edges in px of sqrt(area), e.g. 8,16,32,96")
+SIZE_NAMES_OPTION = typer.Option(None, "--size-names", help="names of the custom buckets [0-8, 8-16, ...]")
+
+
 # sliced inference (SAHI) options, shared by predict and val
 SLICE_OPTION = typer.Option(None, "--slice", help="sliced inference: tiles of N or H,W pixels (>= 32) plus the full image")
 SLICE_OVERLAP_OPTION = typer.Option(0.2, "--slice-overlap", help="tile overlap, fraction of the tile in [0, 0.9]")
@@ -68,6 +84,9 @@ def train(
     crop_train: Optional[str] = typer.Option(None, "--crop-train", help="sliced training: random crops MIN,MAX in source pixels (or fractions), resized to the input"),
     crop_p: float = typer.Option(2 / 3, "--crop-p", help="share of the samples cropped (the rest full images)"),
     crop_min_visible: float = typer.Option(0.1, "--crop-min-visible", help="objects keeping less of their area in the crop are dropped"),
+    protocol: Optional[str] = PROTOCOL_OPTION,
+    size_edges: Optional[str] = SIZE_EDGES_OPTION,
+    size_names: Optional[str] = SIZE_NAMES_OPTION,
     freeze_bn: Optional[bool] = typer.Option(
         None, "--freeze-bn/--no-freeze-bn", help="BatchNorm in eval mode, affine frozen [auto: frozen for folded weights]"
     ),
@@ -88,6 +107,7 @@ def run_train_command(distill: dict | None = None, **options) -> None:
     engine = {k: options.pop(k) for k in ENGINE_OPTIONS}
     engine.update(epochs=epochs if epochs is not None else (10 if data is None else 100), **overrides)
     options["classes"] = split_classes(options["classes"])
+    options["size_edges"], options["size_names"] = split_numbers(options["size_edges"]), split_classes(options["size_names"])
     if distill is not None:
         save_dir = run_distill(**distill, **options, **engine)
     else:
@@ -139,6 +159,10 @@ def val(
         True, "--size-buckets/--no-size-buckets", help="print AP/AR per object size and class (metrics.json has them always)"
     ),
     out: Optional[str] = typer.Option(None, "--out", help="output folder [runs/val/exp*]"),
+    protocol: Optional[str] = PROTOCOL_OPTION,
+    size_edges: Optional[str] = SIZE_EDGES_OPTION,
+    size_names: Optional[str] = SIZE_NAMES_OPTION,
+    max_det: Optional[int] = typer.Option(None, "--max-det", help="detections kept per image [300, or the protocol's cap: AI-TOD 1500]"),
     slice: Optional[str] = SLICE_OPTION,
     slice_overlap: float = SLICE_OVERLAP_OPTION,
     slice_merge: str = VAL_SLICE_MERGE_OPTION,
@@ -155,7 +179,8 @@ def val(
     save_dir, metrics = run_val(
         model=model, data=data, weights=weights, classes=split_classes(classes), split=split, out=out,
         imgsz=imgsz, batch=batch, device=device, size_buckets=size_buckets, slice=slice, slice_overlap=slice_overlap,
-        slice_merge=slice_merge, slice_match=slice_match, slice_threshold=slice_threshold, **overrides,
+        slice_merge=slice_merge, slice_match=slice_match, slice_threshold=slice_threshold, protocol=protocol,
+        size_edges=split_numbers(size_edges), size_names=split_classes(size_names), max_det=max_det, **overrides,
     )
     console.print(f"metrics written to [bold]{save_dir / 'metrics.json'}[/bold]")
 

@@ -16,11 +16,15 @@ def compare_command(
     out: Annotated[
         Optional[Path], typer.Option("--out", help="Output directory (default: runs/compare/<names>).")
     ] = None,
+    protocol: Annotated[
+        Optional[str], typer.Option("--protocol", help="compare a size protocol's numbers (aitod, tinyperson, edges)")
+    ] = None,
 ) -> None:
-    """Compare evaluated runs: AP/AR per object size with the relative change vs the first run."""
+    """Compare evaluated runs: AP/AR per object size (or a size protocol's buckets) with the relative change vs the
+    first run."""
     if out is None:
         out = default_out_dir(run_names([find_metrics(Path(p)) for p in runs]))
-    comparison = compare(runs, out)
+    comparison = compare(runs, out, protocol)
     console = Console()
     console.print(comparison.to_rich())
     for path in comparison.files.values():

@@ -38,8 +38,11 @@ def stats(
     medium_area: float = typer.Option(MEDIUM_AREA, "--medium-area", help="below this (and not small) medium, else large"),
     classes: Optional[list[str]] = typer.Option(None, "--classes", help="class names to keep (repeatable)"),
     out: Optional[Path] = typer.Option(None, "--out", help="size histogram PNG [runs/data/<dataset>_<split>_sizes.png]"),
+    protocol: Optional[str] = typer.Option(None, "--protocol", help="also count the objects of each bucket of a size protocol: aitod, tinyperson"),
+    size_edges: Optional[str] = typer.Option(None, "--size-edges", help="... or of custom buckets: edges in px of sqrt(area), e.g. 8,16,32"),
 ):
-    """Per-class counts of small/medium/large objects, share of images holding them, share of object area."""
+    """Per-class counts of small/medium/large objects, share of images holding them, share of object area; with
+    --protocol / --size-edges, the objects in each of the protocol's buckets."""
     from sodet.data.stats import BUCKETS, dataset_stats
 
     out = out or Path("runs") / "data" / f"{data.resolve().name}_{split}_sizes.png"
@@ -64,6 +67,23 @@ def stats(
             end_section=name == rows[-2][0],
         )
     console.print(table)
+    if protocol or size_edges:
+        from sodet.data.stats import protocol_counts
+        from sodet.eval.protocols import get_protocols
+
+        try:
+            edges = [float(x) for x in size_edges.split(",")] if size_edges else None
+            for p in get_protocols(protocol, edges):
+                counts = protocol_counts(data, split, p, classes)
+                t = Table(title=f"{p.name}: objects per bucket ({p.description})")
+                t.add_column("class")
+                for r in counts["ranges"]:
+                    t.add_column(r, justify="right")
+                for name, c in [*counts["classes"].items(), ("all", counts["all"])]:
+                    t.add_row(name, *(str(c[r]) for r in counts["ranges"]), end_section=name == list(counts["classes"])[-1])
+                console.print(t)
+        except (SodetError, ValueError) as e:
+            raise _fail(SodetError(str(e)))
     console.print(f"size histogram: {s['plot']}", highlight=False)
 
 

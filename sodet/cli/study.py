@@ -29,7 +29,8 @@ def study_command(
     device: Annotated[Optional[str], typer.Option("--device", help="(default: the profile's)")] = None,
     override: Annotated[Optional[list[str]], typer.Option("--override", "-o", help="engine argument KEY=VALUE for every cell")] = None,
     distill_args: Annotated[Optional[str], typer.Option("--distill-args", help="extra options of the distill cells, e.g. '--tau 2'")] = None,
-    primary: Annotated[Optional[str], typer.Option("--primary", help="the report's primary metric [cfg/study.yaml: APs]")] = None,
+    primary: Annotated[Optional[str], typer.Option("--primary", help="the report's primary metric, COCO's or a protocol's (e.g. APvt) [cfg/study.yaml: APs]")] = None,
+    protocol: Annotated[Optional[str], typer.Option("--protocol", help="size protocols every cell is scored with: aitod, tinyperson")] = None,
     test_split: Annotated[Optional[str], typer.Option("--test-split", help="split of the final numbers: auto (test where the data has one), none (val), or a name")] = None,
 ) -> None:
     """The experiment matrix (baseline, copy-paste and its compute-matched controls, weighted loss, teachers, CWD, ...)
@@ -49,7 +50,7 @@ def study_command(
         console=console, dry_run=dry_run, overrides=override, distill_args=distill_args, student=student,
         teacher=teacher, student_weights=student_weights, teacher_weights=teacher_weights, data=data, classes=classes,
         seeds=seeds, profile=profile, only=only, project=project, name=name, epochs=epochs, imgsz=imgsz, batch=batch,
-        workers=workers, device=device, test_split=test_split, primary=primary,
+        workers=workers, device=device, test_split=test_split, primary=primary, protocol=protocol,
     )
     if study_dir is not None:
         for path in render_report(study_dir, console, primary=primary):

@@ -94,6 +94,27 @@ def dataset_stats(data_dir, split, small_area=SMALL_AREA, medium_area=MEDIUM_ARE
     return result
 
 
+def protocol_counts(data_dir, split, protocol, classes=None) -> dict:
+    """Objects per class in each range of a size protocol (``sodet.eval.protocols``), by COCO area, counted as
+    COCOeval counts them (lowest <= area <= highest; crowd / ignore regions apart). Ranges may overlap (TinyPerson's
+    tiny holds tiny1-3). -> {"ranges": [...], "classes": {name: {range: n}}, "all": {range: n}}."""
+    d, ann_path, _ = load_coco_split(data_dir, split)
+    cats = select_categories(d["categories"], classes, ann_path)
+    ranges = [r for r in protocol.ranges if r[0] != "all"]
+    counts = {c["name"]: {r[0]: 0 for r in ranges} for c in cats}
+    name_of = {c["id"]: c["name"] for c in cats}
+    images = {im["id"] for im in d["images"]}
+    for a in d["annotations"]:
+        if a.get("category_id") not in name_of or a.get("image_id") not in images or a.get("iscrowd", 0) or a.get("ignore", 0):
+            continue
+        area = coco_area(a)
+        for label, lo, hi in ranges:
+            if lo <= area <= hi:
+                counts[name_of[a["category_id"]]][label] += 1
+    total = {r[0]: sum(c[r[0]] for c in counts.values()) for r in ranges}
+    return {"ranges": [r[0] for r in ranges], "classes": counts, "all": total}
+
+
 def size_histogram(sizes: dict[str, np.ndarray], path, small_area=SMALL_AREA, medium_area=MEDIUM_AREA, title="") -> Path:
     """Histogram of sqrt(area) per class on a log x axis, bucket boundaries marked; written as PNG.
 

@@ -53,6 +53,10 @@ class SodetValidator(DetectionValidator):
         self.backend = model
         self.options = self.options or find_options(model)
         self.args.save_json = True  # sodet always scores with COCOeval
+        cap = self.detection_cap()
+        if self.args.max_det < cap:  # a protocol that scores more detections than the NMS would let through
+            LOGGER.info(f"sodet: max_det {self.args.max_det} -> {cap} (the protocols' detection cap)")
+            self.args.max_det = cap
         super().init_metrics(model)
         if self.class_rows is not None:  # score the data's classes, not the model's
             from ultralytics.utils.metrics import ConfusionMatrix
@@ -137,11 +141,24 @@ class SodetValidator(DetectionValidator):
         gt = str(Path(root) / "annotations" / f"{split}.json") if root else str(self.data.get("yaml_file", ""))
         return {"gt": gt, "split": split, "classes": [self.names[i] for i in range(len(self.names))], "num_images": len(ds.labels)}
 
+    @property
+    def protocols(self) -> list:
+        """The size protocols scored beside COCO's (the run's options: --protocol, --size-edges)."""
+        from sodet.eval.protocols import get_protocols
+
+        o = self.options or RunOptions()
+        return get_protocols(o.protocol, o.size_edges, o.size_names, max(MAX_DETS, int(self.args.max_det)))
+
+    def detection_cap(self) -> int:
+        """Detections kept per image: COCO's 100, or as many as a protocol scores (AI-TOD's 1500), at most what
+        the NMS let through (``--max-det``)."""
+        return max([MAX_DETS, *(max(p.max_dets) for p in self.protocols)])
+
     def evaluate_coco(self) -> dict:
         from sodet.eval.cocoeval import cap_per_image, evaluate
 
-        self.jdict = cap_per_image(self.jdict, MAX_DETS)  # what is scored is what predictions.json holds
-        return evaluate(self.ground_truth(), self.jdict, max_dets=MAX_DETS)
+        self.jdict = cap_per_image(self.jdict, self.detection_cap())  # what is scored is what predictions.json holds
+        return evaluate(self.ground_truth(), self.jdict, max_dets=MAX_DETS, protocols=self.protocols)
 
     def eval_json(self, stats: dict) -> dict:
         if self.training:
@@ -152,6 +169,10 @@ class SodetValidator(DetectionValidator):
                 stats[key] = -1.0 if v is None else float(v)
             ap = self.coco_metrics.get("AP")
             stats[AP_COCO_KEY] = -1.0 if ap is None else float(ap)  # per epoch in results.csv, every epoch
+            for name, block in (self.coco_metrics.get("protocols") or {}).items():  # reach the engine's loggers
+                for k, v in block.items():
+                    if k != "per_class":
+                        stats[f"metrics/{name}_{k}(B)"] = -1.0 if v is None else float(v)
             if ap is not None:
                 stats["fitness"] = float(ap)  # best.pt is the checkpoint with the best COCO AP
         return stats
@@ -172,12 +193,19 @@ class SodetValidator(DetectionValidator):
             speed={k: self.speed[k] for k in ("preprocess", "inference", "postprocess")},
             predictions=self.jdict,
         )
+        # metrics.json and predictions.json are written (whole); the engine would write predictions.json again,
+        # in place, after this: it is switched off for the rest of this validation
+        self.args.save_json = False
         from rich.console import Console
 
         console = Console()
         console.width = max(console.width, 150)  # the 12 columns stay readable in narrow or captured terminals
         if self.size_buckets:
             console.print(format_table(self.coco_metrics))
+            from sodet.eval.tables import format_protocol_table
+
+            for name, block in (self.coco_metrics.get("protocols") or {}).items():
+                console.print(format_protocol_table(name, block))
         else:
             m = self.coco_metrics
             console.print(" ".join(f"{k} {format_value(m.get(k))}" for k in ("AP", "AP50", "AP75", "AR1", "AR10", "AR100")))

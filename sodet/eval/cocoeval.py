@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import io
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
@@ -47,27 +47,46 @@ def evaluate(
     detections: Iterable[Mapping[str, Any]],
     max_dets: int = 100,
     backend: str = "auto",
+    protocols: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Score COCO-format ``detections`` against ``gt`` (a COCO dict or json path, already restricted to the
     classes of interest).
 
     Returns the 12 numbers of METRIC_KEYS plus ``per_class`` ({class name: 12 numbers}); a number whose bucket has
     no ground truth (COCO's -1) is None. Only the ``max_dets`` highest-scoring detections of each image are scored
-    (the COCO detection rule), so the result does not depend on how a backend truncates. Neither input is modified.
+    (the COCO detection rule), so the result does not depend on how a backend truncates. Each of ``protocols``
+    (``sodet.eval.protocols``) is COCOeval run with its own ranges, IoU thresholds and detection caps, under
+    ``protocols[name]`` with its own numbers and ``per_class``. Neither input is modified.
     """
     if max_dets < 10:
         raise SodetError(f"max_dets must be at least 10 (AR1 and AR10 are part of the summary), got {max_dets}")
     gt_dict = load_gt(gt)
+    backend = resolve_backend(backend)
     with _collector_paused():
         columns = check_detections(gt_dict, detections)
         keep = top_indices(columns.image_ids, columns.scores, max_dets)
-        precision, recall, params = _accumulate(gt_dict, columns, keep, max_dets, resolve_backend(backend))
+        precision, recall, params = _accumulate(gt_dict, columns, keep, max_dets, backend)
     names = {c["id"]: c["name"] for c in gt_dict["categories"]}
     metrics: dict[str, Any] = summarize(precision, recall, params)
     metrics["per_class"] = {
         names[cat_id]: summarize(precision, recall, params, category_index=k) for k, cat_id in enumerate(params["catIds"])
     }
+    if protocols:
+        metrics["protocols"] = {p.name: evaluate_protocol(gt_dict, columns, p, backend, names) for p in protocols}
     return metrics
+
+
+def evaluate_protocol(gt: Mapping[str, Any], columns: "DetectionColumns", protocol, backend: str, names: dict) -> dict:
+    """One protocol's numbers (and per class), COCOeval with the protocol's parameters."""
+    if protocol.ignore_field:  # TinyPerson's ignore regions: matched as COCO matches crowd regions
+        gt = dict(gt, annotations=[dict(a, iscrowd=1) if a.get("ignore") else a for a in gt["annotations"]])
+    cap = max(protocol.max_dets)
+    with _collector_paused():
+        keep = top_indices(columns.image_ids, columns.scores, cap)
+        precision, recall, params = _accumulate(gt, columns, keep, cap, backend, protocol)
+    out: dict[str, Any] = summarize_stats(precision, recall, params, protocol.stats)
+    out["per_class"] = {names[c]: summarize_stats(precision, recall, params, protocol.stats, k) for k, c in enumerate(params["catIds"])}
+    return out
 
 
 def load_gt(gt: Mapping[str, Any] | str | PathLike) -> dict[str, Any]:
@@ -200,8 +219,26 @@ def summarize(
     return out
 
 
+def summarize_stats(precision: np.ndarray, recall: np.ndarray, params: Mapping[str, Any], stats,
+                    category_index: int | None = None) -> dict[str, float | None]:
+    """A protocol's numbers read as COCOeval.summarize reads its own: the mean of the entries that are not -1 at
+    the stat's IoU (the mean over COCO's 0.50:0.95 for None), range and detection cap."""
+    ious = np.asarray(params["iouThrs"])
+    coco = np.flatnonzero(np.isclose(ious[:, None], np.linspace(0.5, 0.95, 10)[None]).any(1))
+    out: dict[str, float | None] = {}
+    for st in stats:
+        a = params["areaRngLbl"].index(st.range)
+        m = list(params["maxDets"]).index(st.max_det)
+        t = coco if st.iou is None else np.flatnonzero(np.isclose(ious, st.iou))
+        k = slice(None) if category_index is None else [category_index]
+        values = precision[t, :, k, a, m] if st.kind == "ap" else recall[t, k, a, m]
+        values = values[values > -1]
+        out[st.name] = float(np.mean(values)) if values.size else None
+    return out
+
+
 def _accumulate(
-    gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray, max_dets: int, backend: str
+    gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray, max_dets: int, backend: str, protocol=None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run COCOeval's evaluate + accumulate; returns precision [T,R,K,A,M], recall [T,K,A,M] and the parameters."""
     if backend == "faster-coco-eval":
@@ -221,6 +258,11 @@ def _accumulate(
         else:
             E = COCOeval(coco_gt, coco_dt, "bbox")
         E.params.maxDets = [1, 10, max_dets]
+        if protocol is not None:  # the protocol's own ranges, thresholds and caps (only summarize is fixed in COCOeval)
+            E.params.areaRng = [[lo, hi] for _, lo, hi in protocol.ranges]
+            E.params.areaRngLbl = [name for name, _, _ in protocol.ranges]
+            E.params.iouThrs = np.asarray(protocol.iou_thresholds, dtype=np.float64)
+            E.params.maxDets = list(protocol.max_dets)
         E.evaluate()
         E.accumulate()
     p = E.params

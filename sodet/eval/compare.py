@@ -16,7 +16,7 @@ from typing import Any
 from rich.table import Table
 
 from sodet.errors import SodetError
-from sodet.eval.metrics_io import DATASET_KEYS, METRICS_FILE, read_metrics
+from sodet.eval.metrics_io import DATASET_KEYS, METRICS_FILE, metric_value, protocol_keys, read_metrics
 from sodet.eval.tables import NOT_AVAILABLE, format_value
 
 COMPARE_KEYS = ("AP", "APs", "APm", "APl", "AR100", "ARs", "ARm", "ARl")
@@ -40,10 +40,10 @@ class Comparison:
     runs: list[RunRecord]
     keys: tuple[str, ...] = COMPARE_KEYS
     files: dict[str, Path] = field(default_factory=dict)
+    protocol: str | None = None  # the size protocol whose numbers are compared (None: COCO's buckets)
 
     def value(self, row: int, key: str) -> float | None:
-        value = self.runs[row].metrics.get(key)
-        return None if value is None or value == -1 else float(value)
+        return metric_value(self.runs[row].metrics, key, self.protocol)
 
     def change(self, row: int, key: str) -> float | None:
         """Relative change vs the baseline in %, or None (baseline row, n/a on either side, baseline 0)."""
@@ -118,6 +118,8 @@ class Comparison:
         from matplotlib.backends.backend_agg import FigureCanvasAgg  # no pyplot: no global backend switch
         from matplotlib.figure import Figure
 
+        if self.protocol:
+            return self.save_protocol_plot(path)
         figure = Figure(figsize=(max(8.0, 2.0 + 1.2 * len(self.runs)), 4.0), layout="constrained")
         FigureCanvasAgg(figure)
         axes = figure.subplots(1, 2, sharey=True)
@@ -139,6 +141,24 @@ class Comparison:
         axes[1].legend(fontsize=8, loc="upper left")
         figure.savefig(path, dpi=120)
 
+    def save_protocol_plot(self, path: Path) -> None:
+        """Bars of the protocol's numbers, one bar per run."""
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        figure = Figure(figsize=(max(8.0, 1.0 + 0.6 * len(self.keys) * len(self.runs) / 2), 4.0), layout="constrained")
+        FigureCanvasAgg(figure)
+        ax = figure.subplots()
+        width = 0.8 / len(self.runs)
+        for i, run in enumerate(self.runs):
+            xs = [j - 0.4 + width * (i + 0.5) for j in range(len(self.keys))]
+            ax.bar(xs, [float("nan") if (v := self.value(i, k)) is None else v for k in self.keys], width, label=run.name)
+        ax.set_xticks(range(len(self.keys)), self.keys, rotation=45, ha="right", fontsize=8)
+        ax.set_title(f"protocol {self.protocol}")
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=8)
+        figure.savefig(path, dpi=120)
+
     def save(self, out_dir: Path) -> dict[str, Path]:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.files = {
@@ -152,16 +172,24 @@ class Comparison:
         return self.files
 
 
-def compare(paths: list[Path], out: Path | None = None) -> Comparison:
+def compare(paths: list[Path], out: Path | None = None, protocol: str | None = None) -> Comparison:
     """Load the runs' metrics (run directories or metrics.json files; the first is the baseline), refuse runs
-    scored on different data, and write compare.md, compare.csv and compare.png to ``out`` when given."""
+    scored on different data, and write compare.md, compare.csv and compare.png to ``out`` when given. With
+    ``protocol``, the protocol's numbers (every run must have been scored with it: ``sodet val --protocol``)."""
     if not paths:
         raise SodetError("compare needs at least one run directory or metrics.json")
     metrics_paths = [find_metrics(Path(p)) for p in paths]
     names = run_names(metrics_paths)
     runs = [RunRecord(name, path, read_metrics(path)) for name, path in zip(names, metrics_paths)]
     check_same_data(runs)
-    comparison = Comparison(runs)
+    if protocol and protocol != "coco":
+        keys = protocol_keys(runs[0].metrics, protocol)
+        lacking = [r.name for r in runs if protocol_keys(r.metrics, protocol) != keys or not keys]
+        if lacking:
+            raise SodetError(f"runs {', '.join(lacking)} were not scored with protocol {protocol}: sodet val --protocol {protocol}")
+        comparison = Comparison(runs, keys=tuple(keys), protocol=protocol)
+    else:
+        comparison = Comparison(runs)
     if out is not None:
         comparison.save(Path(out))
     return comparison

@@ -65,6 +65,10 @@ def write_metrics(
             str(name): {k: _number(values.get(k)) for k in METRIC_KEYS}
             for name, values in metrics.get("per_class", {}).items()
         },
+        **({"protocols": {name: {k: (_number(v) if k != "per_class" else {c: {s: _number(x) for s, x in vals.items()}
+                                                                          for c, vals in v.items()})
+                                 for k, v in block.items()} for name, block in metrics["protocols"].items()}}
+           if metrics.get("protocols") else {}),
         "options": dict(options),
         "dataset": dataset_record,
         "speed": None if speed is None else {k: float(speed[k]) for k in SPEED_KEYS},
@@ -121,6 +125,26 @@ def read_metrics(path: str | Path) -> dict[str, Any]:
     if missing:
         raise SodetError(f"{path} is not a sodet metrics.json: missing {', '.join(missing)}")
     return record
+
+
+def metric_value(metrics: Mapping[str, Any], key: str, protocol: str | None = None) -> float | None:
+    """A number of a metrics.json: one of COCO's 12 (``AP``), a protocol's (``aitod.APvt``, or ``APvt`` with
+    ``protocol``, or the first protocol holding ``APvt``); None where it has no value."""
+    blocks = metrics.get("protocols") or {}
+    if "." in key:
+        protocol, key = key.split(".", 1)
+    if protocol and protocol != "coco":
+        value = (blocks.get(protocol) or {}).get(key)
+    elif key in metrics and not isinstance(metrics[key], Mapping):
+        value = metrics[key]
+    else:
+        value = next((b[key] for b in blocks.values() if key in b), None)
+    return None if value is None or value == -1 else float(value)
+
+
+def protocol_keys(metrics: Mapping[str, Any], protocol: str) -> list[str]:
+    """The numbers a protocol's block holds, in its order (empty when the run was not scored with it)."""
+    return [k for k in ((metrics.get("protocols") or {}).get(protocol) or {}) if k != "per_class"]
 
 
 def file_sha256(path: str | Path) -> str:

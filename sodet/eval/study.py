@@ -99,6 +99,7 @@ class StudyOptions:
     overrides: dict[str, Any]
     distill_args: list[str]
     test_split: str | None = None  # where the final numbers come from (None: the validation split)
+    protocol: str = "coco"  # size protocols scored beside COCO's buckets (every cell's validation and scoring)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -218,6 +219,8 @@ def cell_command(
     args += list(setting.args)
     if setting.teacher:
         args += opts.distill_args
+    if getattr(opts, "protocol", "coco") != "coco":
+        args += ["--protocol", opts.protocol]
     for key, value in {**opts.overrides, **dict(setting.overrides)}.items():
         args += ["-o", f"{key}={value}"]
     return args
@@ -233,6 +236,8 @@ def eval_command(out_dir: Path, opts: StudyOptions, setting: Setting | None = No
     folder = f"{FINAL}-{setting.name}" if extra else FINAL
     args = ["val", "--model", str(out_dir / "weights" / "last.pt"), "--data", opts.data, "--split", opts.test_split or "val",
             "--imgsz", str(opts.imgsz), "--batch", str(opts.batch), "--out", str(out_dir / folder), "--no-size-buckets", *extra]
+    if getattr(opts, "protocol", "coco") != "coco":
+        args += ["--protocol", opts.protocol]
     if opts.device not in (None, ""):
         args += ["--device", str(opts.device)]
     return args
@@ -474,7 +479,7 @@ def plan(
     classes: str | None, seeds: int | None, profile: str, only: str | None, project: str, name: str | None,
     epochs: int | None = None, imgsz: int | None = None, batch: int | None = None, workers: int | None = None,
     device: str | None = None, overrides: dict | None = None, distill_args: list[str] | None = None,
-    test_split: str | None = None,
+    test_split: str | None = None, protocol: str | None = None,
 ) -> tuple[Path, StudyOptions, list[Setting], list[int], list[Cell], list[str]]:
     """Resolve profile and options into the study folder, its settings, seeds and cells; notes for the user."""
     config = study_config()
@@ -511,6 +516,11 @@ def plan(
         overrides=values["overrides"], distill_args=values["distill_args"],
     )
     opts.test_split = resolve_test_split(opts.data, values.get("test_split") or "auto")
+    if protocol:
+        from sodet.eval.protocols import get_protocols
+
+        get_protocols(protocol)
+        opts.protocol = protocol
     notes.append(f"final numbers on the '{opts.test_split}' split" if opts.test_split else
                  "no test split in the data: final numbers on the validation split (the report says so)")
     study_name = name or default_name(opts)

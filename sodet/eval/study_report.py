@@ -22,9 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from sodet.errors import SodetError
 from sodet.eval.compare import COMPARE_KEYS, RunRecord, check_same_data
-from sodet.eval.metrics_io import METRICS_FILE, PREDICTIONS_FILE, read_metrics
+from sodet.eval.metrics_io import METRICS_FILE, PREDICTIONS_FILE, metric_value, read_metrics
 from sodet.eval.stats import (
     ALPHA, CONFIDENCE, NOT_AVAILABLE, MeanCI, PairedDifference, holm, mean_ci, paired_difference, relative_change,
     verdict_of,
@@ -89,8 +91,13 @@ class SettingSummary:
     reference: list[float] | None = None
 
     def values(self, key: str) -> dict[int, float]:
-        """Seed -> value of the finished cells (a bucket without ground truth has none)."""
-        return {c.seed: float(c.metrics[key]) for c in self.cells if c.metrics is not None and c.metrics.get(key) is not None}
+        """Seed -> value of the finished cells (a bucket without ground truth has none); COCO's numbers or a
+        protocol's (``APvt``, ``aitod.APvt``)."""
+        out = {}
+        for c in self.cells:
+            if c.metrics is not None and (v := metric_value(c.metrics, key)) is not None:
+                out[c.seed] = v
+        return out
 
     @property
     def same_runs_as(self) -> str | None:
@@ -142,8 +149,10 @@ def collect(study_dir: Path, primary: str | None = None, resamples: int | None =
     config = study_config()
     known = settings_from(config)
     primary = primary or manifest.get("primary") or config.get("primary", "APs")
-    if primary not in COMPARE_KEYS:
-        raise SodetError(f"--primary {primary}: not one of the report's metrics ({', '.join(COMPARE_KEYS)})")
+    protocol = (manifest.get("options") or {}).get("protocol", "coco")
+    if primary not in COMPARE_KEYS and primary_stat(primary, protocol) is None:
+        raise SodetError(f"--primary {primary}: not one of COCO's metrics ({', '.join(COMPARE_KEYS)}) nor of the "
+                         f"study's protocol {protocol}")
     records = manifest.get("cells", {})
     summaries = []
     for name in manifest.get("settings", []):
@@ -241,26 +250,45 @@ def compare_settings(base: SettingSummary, other: SettingSummary, key: str, pair
     return Comparison(key, diff, change, WELCH, float(t.pvalue))
 
 
+def primary_stat(primary: str, protocol: str | None):
+    """The protocol Stat a primary metric names (``APvt`` or ``aitod.APvt``), or None."""
+    from sodet.eval.protocols import PROTOCOLS
+
+    name, _, key = primary.rpartition(".")
+    for p in ([name] if name else [x.strip() for x in str(protocol or "").split(",")]):
+        if p in PROTOCOLS:
+            found = next((st for st in PROTOCOLS[p]().stats if st.name == key), None)
+            if found is not None:
+                return PROTOCOLS[p](), found
+    return None
+
+
+def report_keys(results: StudyResults) -> tuple[str, ...]:
+    """COCO's eight report numbers, and the primary metric where it is a protocol's."""
+    return COMPARE_KEYS if results.primary in COMPARE_KEYS else (results.primary, *COMPARE_KEYS)
+
+
 def _statistics(results: StudyResults, config: dict, resamples: int) -> None:
     base = results.setting(BASELINE)
     reference = (config.get("reference") or {}).get(results.family or "", {})
     opts = results.manifest.get("options", {})
     real_teacher = opts.get("teacher") not in (None, opts.get("student"))
+    keys = report_keys(results)
     for s in results.settings:
-        s.stats = {k: mean_ci([v for _, v in sorted(s.values(k).items())]) for k in COMPARE_KEYS}
+        s.stats = {k: mean_ci([v for _, v in sorted(s.values(k).items())]) for k in keys}
         if s.reference_row and reference.get(s.reference_row) and (real_teacher or not _teaches_or_taught(s.name)):
             s.reference = list(reference[s.reference_row])
         if base is None or s is base or s.same_runs_as == BASELINE:
             continue
         s.paired = same_stream(s, base)
-        for k in COMPARE_KEYS:
+        for k in keys:
             s.vs_baseline[k] = compare_settings(base, s, k, s.paired)
     others = [s for s in results.settings if s.vs_baseline]
     # primary: Holm across settings; secondary: across settings x metrics
     primary = [s.vs_baseline[results.primary] for s in others]
     for c, p in zip(primary, holm([c.p for c in primary])):
         c.p_holm = p
-    secondary = [s.vs_baseline[k] for s in others for k in COMPARE_KEYS if k != results.primary]
+    secondary = [s.vs_baseline[k] for s in others for k in keys if k != results.primary]
     for c, p in zip(secondary, holm([c.p for c in secondary])):
         c.p_holm = p
     # a method against its compute-matched controls, on the primary metric (Holm across these comparisons)
@@ -280,7 +308,12 @@ def _teaches_or_taught(name: str) -> bool:
 
 def _bootstrap(results: StudyResults, base: SettingSummary | None, resamples: int) -> None:
     """Image-level paired bootstrap of the primary difference, for every comparison on the primary metric."""
-    area = AREA_OF.get(results.primary)
+    area, max_det, ious = AREA_OF.get(results.primary), 100, None
+    stat = primary_stat(results.primary, (results.manifest.get("options") or {}).get("protocol"))
+    if stat is not None and stat[1].kind == "ap":  # a protocol's AP: its range, cap and thresholds
+        protocol, st = stat
+        area = next((lo, hi) for name, lo, hi in protocol.ranges if name == st.range)
+        max_det, ious = st.max_det, [st.iou] if st.iou is not None else None
     if area is None or base is None or resamples <= 0 or not results.dataset:
         return
     from sodet.eval.bootstrap import paired_bootstrap, per_image_eval
@@ -297,7 +330,8 @@ def _bootstrap(results: StudyResults, base: SettingSummary | None, resamples: in
             if c.seed in seeds:
                 path = c.final_dir / PREDICTIONS_FILE
                 if path not in cache:
-                    cache[path] = per_image_eval(gt, json.loads(path.read_text()), area)
+                    kw = {"iou_thresholds": np.asarray(ious)} if ious else {}
+                    cache[path] = per_image_eval(gt, json.loads(path.read_text()), area, max_det, **kw)
                 out.append(cache[path])
         return out
 
@@ -427,7 +461,7 @@ def to_markdown(results: StudyResults) -> str:
         for method, control, c in results.controls:
             lines.append(f"| {method} vs {control} | " + " | ".join(_comparison_cells(c)) + " |")
 
-    keys = COMPARE_KEYS
+    keys = report_keys(results)
     if base is not None and any(s.vs_baseline for s in results.settings):
         lines += ["", "## Secondary metrics vs the baseline", "",
                   "Relative change of the means and the verdict (Holm-corrected across settings x secondary metrics; p in "
@@ -519,7 +553,8 @@ def to_csv(results: StudyResults) -> str:
                      "difference_high", "bootstrap_low", "bootstrap_high", "change_pct", "test", "p", "p_holm", "verdict",
                      "paired", "images_seen", "optimizer_steps", "seconds_per_run", "reference_value"])
     for s in results.settings:
-        for i, key in enumerate(COMPARE_KEYS):
+        for key in report_keys(results):
+            i = COMPARE_KEYS.index(key) if key in COMPARE_KEYS else None
             st, c = s.stats.get(key), s.vs_baseline.get(key)
             d = c.difference if c else None
             b = c.bootstrap if c else None
@@ -530,7 +565,7 @@ def to_csv(results: StudyResults) -> str:
                 _num(b.low if b else None), _num(b.high if b else None), _num(c.change if c else None),
                 c.test if c else "", _num(c.p if c else None), _num(c.p_holm if c else None), c.verdict if c else "",
                 "" if s.paired is None else s.paired, _num(s.images_seen), _num(s.optimizer_steps), _num(s.seconds),
-                _num(s.reference[i] if s.reference else None),
+                _num(s.reference[i] if s.reference and i is not None else None),
             ])
     return buffer.getvalue()
 
@@ -539,12 +574,13 @@ def cells_csv(results: StudyResults) -> str:
     """Every cell's own numbers and costs: what the statistics were computed from."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
+    keys = report_keys(results)
     writer.writerow(["setting", "seed", "status", "seconds", "images_seen", "optimizer_steps", "sample_stream",
-                     *COMPARE_KEYS, "final_dir", "git_commit", "started", "ended", "note"])
+                     *keys, "final_dir", "git_commit", "started", "ended", "note"])
     for s in results.settings:
         for c in s.cells:
             t = c.training or {}
-            values = [_num(c.metrics.get(k)) if c.metrics else "" for k in COMPARE_KEYS]
+            values = [_num(metric_value(c.metrics, k)) if c.metrics else "" for k in keys]
             writer.writerow([c.setting, c.seed, c.status, _num(c.seconds), t.get("images_seen", ""), t.get("optimizer_steps", ""),
                              t.get("sample_stream", ""), *values, str(c.final_dir), c.record.get("git_commit", ""),
                              c.record.get("started", ""), c.record.get("eval_ended") or c.record.get("ended", ""),

@@ -60,3 +60,16 @@ def before_after_table(before: Mapping[str, Any], after: Mapping[str, Any]) -> s
         change = "" if b is None or a is None else f"{a - b:+.3f}"
         lines.append(f"{k:<7}{format_value(b):>8}  ->  {format_value(a):>7}  {change:>7}")
     return "\n".join(lines)
+
+
+def format_protocol_table(name: str, block: Mapping[str, Any]) -> Table:
+    """One protocol's numbers (``metrics["protocols"][name]``), overall and per class."""
+    keys = [k for k in block if k != "per_class"]
+    table = Table(title=f"protocol {name}")
+    table.add_column("class", style="bold")
+    for key in keys:
+        table.add_column(key, justify="right")
+    table.add_row("all", *(format_value(block.get(k)) for k in keys), style="bold", end_section=True)
+    for cls, values in (block.get("per_class") or {}).items():
+        table.add_row(str(cls), *(format_value(values.get(k)) for k in keys))
+    return table
