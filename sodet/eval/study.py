@@ -14,10 +14,8 @@ import json
 import os
 import platform
 import shlex
-import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -312,9 +310,13 @@ def write_manifest(study_dir: Path, manifest: dict) -> None:
 
 
 def check_same_options(manifest: dict, opts: StudyOptions, study_dir: Path) -> None:
+    import dataclasses
+
+    defaults = {f.name: f.default for f in dataclasses.fields(StudyOptions) if f.default is not dataclasses.MISSING}
     old = manifest.get("options", {})
     new = opts.to_dict()
-    diffs = [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in new if old.get(k) != new[k]]
+    # an option a study's manifest lacks was written by a sodet without it: the option's default is what ran
+    diffs = [f"{k} {old.get(k, defaults.get(k))!r} -> {new[k]!r}" for k in new if old.get(k, defaults.get(k)) != new[k]]
     if diffs:
         raise SodetError(
             f"{study_dir} was run with other options ({'; '.join(diffs)}): its runs would not be comparable; "
@@ -368,19 +370,9 @@ Runner = Callable[[list[str], Path], int]
 
 def run_cli(args: list[str], log: Path) -> int:
     """Run ``python -m sodet.cli ARGS`` with its output in ``log``; returns the exit code."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    with open(log, "w") as f:
-        return subprocess.call([sys.executable, "-m", "sodet.cli", *args], stdout=f, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    from sodet.eval.backends import run_process
 
-
-def last_error(log: Path) -> str:
-    """The line of a cell's log that says why it failed: the CLI's 'error:' line, else the last line."""
-    try:
-        lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "no log"
-    errors = [ln for ln in lines if ln.startswith("error:") or "Error" in ln.split(":")[0]]
-    return (errors or lines or ["no output"])[-1][:300]
+    return run_process(args, log)
 
 
 @dataclass
@@ -393,74 +385,124 @@ class Study:
 
 
 def run_study(
-    study_dir: Path, cells: list[Cell], manifest: dict, *, runner: Runner = run_cli, echo: Callable[[str], None] = print,
+    study_dir: Path, cells: list[Cell], manifest: dict, *, runner: Runner | None = None,
+    echo: Callable[[str], None] = print, backend=None, on_done: Callable[[int, int], None] | None = None,
 ) -> Study:
-    """Run every unfinished cell in order; a failure is recorded and the rest go on; a distillation whose
-    teacher did not finish is skipped. A trained run not yet scored on the test split is only scored. The
-    manifest is rewritten (atomically) after each step."""
+    """Run every unfinished cell (a failure is recorded and the rest go on; a distillation whose teacher did not
+    finish is skipped; a trained run not yet scored is only scored) on ``backend`` (``sodet.eval.backends``:
+    sequential by default), each cell once the cells it depends on are finished. ``study.json`` is rewritten
+    (atomically) after each cell; Ctrl-C stops the running cells and keeps the finished ones."""
+    from sodet.eval.backends import SequentialBackend
+
+    backend = backend or SequentialBackend(runner, echo)
     study = Study(study_dir, cells, manifest.setdefault("cells", {}))
     commit = (manifest.get("provenance") or {}).get("git_commit")
-    for i, cell in enumerate(cells, 1):
-        tag = f"[{i}/{len(cells)}] {cell.key}"
+    tags = {cell.key: f"[{i}/{len(cells)}] {cell.key}" for i, cell in enumerate(cells, 1)}
+    for cell in cells:
         record = study.records.setdefault(cell.key, {})
         record.update(setting=cell.setting.name, seed=cell.seed, command=cell.shell())
         if cell.eval_command:
             record["eval_command"] = cell.eval_shell()
-        if cell.same_as is not None and not (cell.setting.eval_args and cell.same_as.trained()):
-            record.update(same_as=cell.same_as.key)
-            target = study.records.get(cell.same_as.key, {})
-            record["status"] = SAME if cell.same_as.finished() else target.get("status", FAILED)
-            if cell.same_as.finished():
-                _link(cell.dir, cell.same_as.run_dir)
-            echo(f"{tag}: same command as {cell.same_as.key}, its run stands for this one")
-        elif cell.same_as is not None:  # the identical run's weights, scored this setting's way (e.g. sliced)
-            record.pop("same_as", None)
-            record.update(trained_as=cell.same_as.key)
-            _link(cell.dir, cell.same_as.run_dir)
-            ok = cell.finished() or _run_step(study_dir, cell, record, "eval", cell.eval_command, echo, tag, runner, commit)
-            record["status"] = DONE if ok and cell.finished() else FAILED
-        elif cell.finished():
-            record["status"] = DONE
-            echo(f"{tag}: finished before, not re-run")
-        elif cell.teacher_cell is not None and not cell.teacher_cell.trained():
-            record.update(status=SKIPPED, error=f"its teacher {cell.teacher_cell.key} did not finish")
-            echo(f"{tag}: skipped, teacher {cell.teacher_cell.key} did not finish")
-        else:
-            record.pop("error", None)
-            ok = True
-            if not cell.trained():
-                ok = _run_step(study_dir, cell, record, "train", cell.command, echo, tag, runner, commit)
-                manifest["updated"] = now()
-                write_manifest(study_dir, manifest)
-            if ok and cell.eval_command:
-                ok = _run_step(study_dir, cell, record, "eval", cell.eval_command, echo, tag, runner, commit)
-            record["status"] = DONE if ok and cell.finished() else FAILED
+    pending, running = list(cells), {}
+    done_count, total = 0, len(cells)
+
+    def save():
         manifest["updated"] = now()
         write_manifest(study_dir, manifest)
+        if on_done is not None:
+            on_done(done_count, total)
+
+    try:
+        while pending or running:
+            busy = {id(c) for c in pending} | {id(c) for c in running.values()}
+            ready = []
+            handle_of = {id(c): h for h, c in running.items()}
+            for cell in list(pending):
+                if len(running) + len(ready) >= backend.slots:
+                    break
+                if any(id(d) in busy for d in (cell.teacher_cell, cell.same_as) if d is not None and d is not cell):
+                    # a backend that chains (Ray) takes a distillation at once, to start after its teacher's task
+                    chain = backend.chains and cell.same_as is None and id(cell.teacher_cell) in handle_of
+                    if not chain:
+                        continue
+                pending.remove(cell)  # still busy for the cells after it in this pass: it has not run yet
+                after = [handle_of[id(cell.teacher_cell)]] if cell.teacher_cell is not None and id(cell.teacher_cell) in handle_of else []
+                job = _decide(study_dir, cell, study.records[cell.key], tags[cell.key], commit, echo, chained=bool(after))
+                if job is None:
+                    busy.discard(id(cell))  # decided without running: its dependents may go on
+                    done_count += 1
+                    save()
+                else:
+                    ready.append((cell, job, after))
+            if ready:
+                handles = backend.submit([job for _, job, _ in ready], after=[a for _, _, a in ready])
+                for handle, (cell, _, _) in zip(handles, ready):
+                    running[handle] = cell
+                    handle_of[id(cell)] = handle
+                    if backend.name in {"ray", "slurm"}:  # the worker's own lines stay on its node
+                        echo(f"{tags[cell.key]}: submitted to {backend.name}")
+            if running:
+                for handle, result in backend.wait(list(running)):
+                    cell = running.pop(handle)
+                    record = study.records[cell.key]
+                    ok = result.pop("ok", False)
+                    skipped = result.pop("skipped", False)
+                    if ok:
+                        record.pop("error", None)
+                    record.update(result)
+                    record["status"] = DONE if ok and cell.finished() else SKIPPED if skipped else FAILED
+                    done_count += 1
+                    where = f" on {record.get('host')}" + (f", GPU {record['gpu']}" if record.get("gpu") else "")
+                    echo(f"{tags[cell.key]}: {record['status']}{where} ({done_count}/{total} cells)")
+                    save()
+            elif pending and not ready:  # cannot happen with an acyclic matrix; never spin
+                raise SodetError(f"cells {', '.join(c.key for c in pending)} wait on each other")
+    except KeyboardInterrupt:
+        backend.cancel()
+        save()
+        raise
+    finally:
+        backend.close()
+    save()
     return study
 
 
-def _run_step(study_dir: Path, cell: Cell, record: dict, step: str, command: list[str], echo, tag: str,
-              runner: Runner, commit: str | None = None) -> bool:
-    """One process of a cell (its training, or its scoring on the test split), timed and logged."""
-    if step == "train" and (cell.dir.exists() or cell.dir.is_symlink()):  # a killed run: start afresh
-        cell.dir.unlink() if cell.dir.is_symlink() else shutil.rmtree(cell.dir)
-    suffix = "" if step == "train" else f"-{step}"
-    log = study_dir / "logs" / f"{cell.setting.name}-seed{cell.seed}{suffix}.log"
-    echo(f"{tag}: {shlex.join(['sodet', *command])}")
-    start, started = time.perf_counter(), now()
-    code = runner(command, log)
-    seconds = time.perf_counter() - start
-    done = cell.trained() if step == "train" else (cell.final_dir / METRICS_FILE).is_file()
-    ok = code == 0 and done
-    key = "" if step == "train" else f"{step}_"
-    record.update({f"{key}returncode": code, f"{key}seconds": round(seconds, 1), f"{key}started": started,
-                   f"{key}ended": now(), f"{key}log": str(log.relative_to(study_dir)), f"{key}git_commit": commit})
-    if not ok:
-        what = METRICS_FILE if step == "train" else f"{FINAL}/{METRICS_FILE}"
-        record["error"] = last_error(log) if code != 0 else f"exit 0 but no {what} in {cell.dir}"
-    echo(f"{tag}: {step} {'done' if ok else 'failed'} in {seconds:.0f} s" + (f" ({record['error']})" if not ok else ""))
-    return ok
+def _decide(study_dir: Path, cell: Cell, record: dict, tag: str, commit: str | None, echo, chained: bool = False):
+    """What a cell needs now: nothing (recorded here: an identical cell's run stands for it, it finished before,
+    or its teacher failed), or a CellJob to run. ``chained``: its teacher is still running, on a backend that
+    starts the job after it (the job checks the teacher's run at start)."""
+    from sodet.eval.backends import CellJob
+
+    if cell.same_as is not None and not (cell.setting.eval_args and cell.same_as.trained()):
+        record.update(same_as=cell.same_as.key)
+        target = (read_manifest(study_dir) or {}).get("cells", {}).get(cell.same_as.key, {})
+        record["status"] = SAME if cell.same_as.finished() else target.get("status", FAILED)
+        if cell.same_as.finished():
+            _link(cell.dir, cell.same_as.run_dir)
+        echo(f"{tag}: same command as {cell.same_as.key}, its run stands for this one")
+        return None
+    if cell.same_as is None and cell.finished():
+        record["status"] = DONE
+        echo(f"{tag}: finished before, not re-run")
+        return None
+    if cell.teacher_cell is not None and not chained and not cell.teacher_cell.trained():
+        record.update(status=SKIPPED, error=f"its teacher {cell.teacher_cell.key} did not finish")
+        echo(f"{tag}: skipped, teacher {cell.teacher_cell.key} did not finish")
+        return None
+    if cell.same_as is not None:  # the identical run's weights, scored this setting's way (e.g. sliced)
+        record.pop("same_as", None)
+        record["trained_as"] = cell.same_as.key
+        _link(cell.dir, cell.same_as.run_dir)
+        if cell.finished():
+            record["status"] = DONE
+            return None
+    return CellJob(
+        key=cell.key, tag=tag, study_dir=str(study_dir), dir=str(cell.dir), run_dir=str(cell.run_dir),
+        final_dir=str(cell.final_dir), log_name=f"{cell.setting.name}-seed{cell.seed}",
+        command=None if cell.same_as is not None or cell.trained() else cell.command, eval_command=cell.eval_command,
+        commit=commit,
+        requires={str(cell.teacher_cell.run_dir / METRICS_FILE): f"its teacher {cell.teacher_cell.key}"} if cell.teacher_cell else {},
+    )
 
 
 def _link(link: Path, target: Path) -> None:
@@ -575,7 +617,8 @@ def default_name(opts: StudyOptions) -> str:
 
 def run(
     *, console, dry_run: bool = False, overrides: list[str] | None = None, distill_args: str | None = None,
-    primary: str | None = None, **given,
+    primary: str | None = None, backend: str = "local", backend_options: dict | None = None,
+    on_done: Callable[[int, int], None] | None = None, **given,
 ) -> Path | None:
     """``sodet study``: plan the cells and run the unfinished ones (or print them with ``dry_run``). ``given``: the
     options of ``plan``. Returns the study folder (None for a dry run), for the report to be rendered from."""
@@ -590,7 +633,18 @@ def run(
     manifest = read_manifest(study_dir)
     if manifest is not None:
         check_same_options(manifest, opts, study_dir)
+    from sodet.eval.backends import BACKENDS
+
+    if backend not in BACKENDS:
+        raise SodetError(f"--backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
     if dry_run:
+        if backend == "slurm":
+            o = backend_options or {}
+            first = [c for c in cells if c.teacher_cell is None and c.same_as is None and not c.finished()]
+            later = [c for c in cells if c.teacher_cell is not None and not c.finished()]
+            print(f"# slurm: one job array of {len(first)} cells (partition {o.get('slurm_partition') or '(default)'}, "
+                  f"{o.get('slurm_gpus_per_node', 1)} GPU per job, timeout {o.get('slurm_timeout', 240)} min), then "
+                  f"{len(later)} distillation cells, each after its teacher's job")
         for cell in cells:
             state = ("finished" if cell.finished() else "") if cell.same_as is None else (
                 f"trained as {cell.same_as.key}, scored its own way" if cell.setting.eval_args else f"same run as {cell.same_as.key}")
@@ -613,7 +667,14 @@ def run(
         command=invocation["command"],
     )
     write_manifest(study_dir, manifest)
-    run_study(study_dir, cells, manifest, echo=console.print)
+    from sodet.eval.backends import make_backend
+
+    backend_options = dict(backend_options or {})
+    if backend == "local" and str(opts.device).lower() == "cpu" and not backend_options.get("gpus"):
+        backend_options["jobs"] = backend_options.get("jobs") or 1  # CPU cells: side by side only when asked (--jobs)
+    runner = make_backend(backend, study_dir=study_dir, echo=console.print, **backend_options)
+    console.print(f"running on: {runner.describe()}")
+    run_study(study_dir, cells, manifest, echo=console.print, backend=runner, on_done=on_done)
     return study_dir
 
 

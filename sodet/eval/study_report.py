@@ -510,16 +510,22 @@ def to_markdown(results: StudyResults) -> str:
 
     lines += ["", "## Charts", "", "Mean over seeds per setting, error bars: the 95% confidence interval.", ""]
     lines += [f"![{bucket}]({bucket}.png)" for bucket in BUCKETS]
-    lines += ["", "## Cells", "", "| cell | status | training | scoring | started | ended | commit | note |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["", "## Cells", "", "| cell | status | ran on | training | scoring | started | ended | commit | note |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for s in results.settings:
         for c in s.cells:
             r = c.record
             note = f"same run as {c.same_as}" if c.same_as else (c.error or "")
-            lines.append(f"| {c.setting}/seed{c.seed} | {c.status} | {_minutes(r.get('seconds'))} | {_minutes(r.get('eval_seconds'))} | "
+            lines.append(f"| {c.setting}/seed{c.seed} | {c.status} | {ran_on(r)} | {_minutes(r.get('seconds'))} | {_minutes(r.get('eval_seconds'))} | "
                          f"{r.get('started', '')} | {r.get('eval_ended') or r.get('ended', '')} | {str(r.get('git_commit') or '')[:10]} | "
                          f"{note.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+def ran_on(record: dict) -> str:
+    """Where a cell ran (its backend's worker: host, and GPU when one was handed to it)."""
+    host = record.get("host") or ""
+    return host + (f" GPU {record['gpu']}" if host and record.get("gpu") not in (None, "") else "")
 
 
 def _curve_lines(results: StudyResults) -> list[str]:
@@ -576,7 +582,7 @@ def cells_csv(results: StudyResults) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     keys = report_keys(results)
     writer.writerow(["setting", "seed", "status", "seconds", "images_seen", "optimizer_steps", "sample_stream",
-                     *keys, "final_dir", "git_commit", "started", "ended", "note"])
+                     *keys, "final_dir", "git_commit", "started", "ended", "ran_on", "note"])
     for s in results.settings:
         for c in s.cells:
             t = c.training or {}
@@ -584,7 +590,7 @@ def cells_csv(results: StudyResults) -> str:
             writer.writerow([c.setting, c.seed, c.status, _num(c.seconds), t.get("images_seen", ""), t.get("optimizer_steps", ""),
                              t.get("sample_stream", ""), *values, str(c.final_dir), c.record.get("git_commit", ""),
                              c.record.get("started", ""), c.record.get("eval_ended") or c.record.get("ended", ""),
-                             f"same run as {c.same_as}" if c.same_as else c.error or ""])
+                             ran_on(c.record), f"same run as {c.same_as}" if c.same_as else c.error or ""])
     return buffer.getvalue()
 
 
