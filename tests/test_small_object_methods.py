@@ -134,7 +134,7 @@ def test_crop_geometry_boxes_masks_drops_and_areas():
         assert (x1 - x0, y1 - y0) == (320, 256)
 
 
-def crop_dataset(seed: int = 0, **options):
+def crop_dataset(seed: int = 0, mosaic: float = 0.0, **options):
     from ultralytics.cfg import get_cfg
 
     from sodet.data.spec import resolve_data
@@ -143,7 +143,7 @@ def crop_dataset(seed: int = 0, **options):
     from ultralytics.utils import YAML
 
     data = YAML.load(resolve_data(str(HIT_MINI)))
-    cfg = get_cfg(overrides={"imgsz": 320, "mosaic": 0.0, "fliplr": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0, "translate": 0,
+    cfg = get_cfg(overrides={"imgsz": 320, "mosaic": mosaic, "fliplr": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0, "translate": 0,
                              "scale": 0, "seed": seed})
     opts = RunOptions(crop_train=[192.0, 320.0], crop_p=1.0, **options)
     return build_dataset(cfg, str(HIT_MINI / "images" / "train"), 8, {**data, "nc": len(data["names"])}, "train", 32, opts)
@@ -162,6 +162,21 @@ def test_cropped_samples_hold_the_crops_objects_and_are_deterministic_per_seed()
         boxes = sample["bboxes"]
         assert bool(((boxes[:, :2] - boxes[:, 2:] / 2) >= -1e-6).all()) and bool(((boxes[:, :2] + boxes[:, 2:] / 2) <= 1 + 1e-6).all())
     assert any(len(s["bboxes"]) for s in a)
+
+
+def test_crops_under_mosaic_feed_the_engines_buffer():
+    """Mosaic draws its other three images from the engine's buffer of recent loads; crops enter it too (a first
+    cropped sample used to meet an empty buffer: IndexError), and the decoded frames kept for cropping are bounded."""
+    from sodet.data import dataset as dataset_module
+
+    ds = crop_dataset(mosaic=1.0)
+    random.seed(3)
+    first = ds[0]
+    assert first["img"].shape[1:] == (320, 320)  # a mosaic of four crops, brought back to the input size
+    for i in range(40):
+        ds[i % len(ds.labels)]
+    assert len(set(ds.buffer)) > 10 and len(ds.buffer) <= ds.max_buffer_length
+    assert 0 < ds.full_res_bytes <= dataset_module.FULL_RES_BYTES and len(ds.full_res) == len(set(ds.full_res))
 
 
 def test_copy_paste_pastes_inside_the_crop():

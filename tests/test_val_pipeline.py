@@ -48,7 +48,7 @@ def test_checkpoint_classes_must_match_data(tmp_path):
     (bad / "annotations" / "val.json").write_text(json.dumps(d))
     (bad / "images").mkdir()
     (bad / "images" / "val").symlink_to(embedded_data(COCO_MINI) / "images" / "val", target_is_directory=True)
-    with pytest.raises(SodetError, match=r"classes \['car'\] not in"):
+    with pytest.raises(SodetError, match=r"checkpoint classes \['car'\] do not hold the data classes \['person'\]"):
         val(model=str(run / "weights" / "best.pt"), data=str(bad), out=str(tmp_path / "v"), device="cpu")
 
 

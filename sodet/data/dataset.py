@@ -10,6 +10,7 @@ mosaic on or off.
 from __future__ import annotations
 
 import random
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,7 @@ from sodet.data.coco import SplitLabels, load_split
 from sodet.options import RunOptions
 
 MAX_WORKERS = 64
+FULL_RES_BYTES = 256 * 2**20  # per loader worker: decoded full-resolution frames kept for sliced training
 
 
 class SodetDataset(YOLODataset):
@@ -31,6 +33,8 @@ class SodetDataset(YOLODataset):
         self, *args, data: dict, options: RunOptions | None = None, seed: int = 0, center_pad: bool = True, **kwargs
     ):
         self.options = options or RunOptions()
+        self.full_res: OrderedDict[int, np.ndarray] = OrderedDict()  # i -> decoded frame, most recent last
+        self.full_res_bytes = 0
         self.center_pad = center_pad  # False: evaluation pads bottom/right, as YOLOX's own pipeline does
         self.seed = seed
         self.split_labels: SplitLabels | None = None
@@ -194,14 +198,12 @@ class SodetDataset(YOLODataset):
         import math
 
         import cv2
-        from ultralytics.utils.patches import imread
 
         from sodet.data.crop import clip_polygons, crop_boxes, crop_window
 
         opts = self.options
-        im = imread(self.im_files[i], flags=self.cv2_flag)
-        if im is None:
-            raise FileNotFoundError(f"Image Not Found {self.im_files[i]}")
+        im = self.full_res_image(i)
+        self.remember(i)
         h0, w0 = im.shape[:2]
         window = crop_window(h0, w0, list(opts.crop_train))
         x0, y0, x1, y1 = window
@@ -243,6 +245,34 @@ class SodetDataset(YOLODataset):
         if self.rect:
             label["rect_shape"] = self.batch_shapes[self.batch[i]]
         return self.update_labels_info(label)
+
+    def remember(self, i: int) -> None:
+        """Enter a cropped image into the engine's buffer of recently loaded images, by the rule of the engine's
+        ``load_image``, which a crop does not go through: mosaic draws its other images from that buffer (an
+        empty one would fail, one never refreshed would repeat the same partners)."""
+        if self.augment and self.cache != "ram":
+            self.buffer.append(i)
+            if 1 < len(self.buffer) >= self.max_buffer_length:
+                j = self.buffer.pop(0)
+                self.ims[j], self.im_hw0[j], self.im_hw[j] = None, None, None
+
+    def full_res_image(self, i: int) -> np.ndarray:
+        """Image ``i`` decoded at full resolution (crops are cut from it, not from the engine's resized copy); the
+        most recent frames stay decoded (FULL_RES_BYTES per worker), as the engine buffers its mosaic's images."""
+        from ultralytics.utils.patches import imread
+
+        im = self.full_res.get(i)
+        if im is not None:
+            self.full_res.move_to_end(i)
+            return im
+        im = imread(self.im_files[i], flags=self.cv2_flag)
+        if im is None:
+            raise FileNotFoundError(f"Image Not Found {self.im_files[i]}")
+        self.full_res[i] = im
+        self.full_res_bytes += im.nbytes
+        while self.full_res_bytes > FULL_RES_BYTES and len(self.full_res) > 1:
+            self.full_res_bytes -= self.full_res.popitem(last=False)[1].nbytes
+        return im
 
     def count_pastes(self, res) -> None:
         worker = torch.utils.data.get_worker_info()

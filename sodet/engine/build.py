@@ -6,6 +6,7 @@ import torch
 from ultralytics.utils import colorstr
 
 from sodet.data.dataset import SodetDataset
+from sodet.engine.inference import RECT_PAD
 from sodet.losses.box_rule import BoxRule
 from sodet.models.registry import get_entry, get_family
 from sodet.options import RunOptions
@@ -51,7 +52,7 @@ def build_dataset(
         cache=cfg.cache or None,
         single_cls=cfg.single_cls or False,
         stride=stride,
-        pad=0.5 if mode != "train" or cfg.rect else 0.0,  # rect training gets the validator's batch shapes
+        pad=RECT_PAD if mode != "train" or cfg.rect else 0.0,  # the predictor's minimum rectangle (inference.py)
         prefix=colorstr(f"{mode}: "),
         classes=cfg.classes,
         data=data,
