@@ -155,6 +155,7 @@ def test_every_backend_runs_the_same_cells_as_the_sequential_run(reference, tmp_
     md = (tmp_path / backend / "report.md").read_text()
     assert f"| cp/seed0 | done | {manifest['cells']['cp/seed0']['host']} |" in md  # which cell ran where
     assert "cwd1/seed0: done on" in done.stdout
+    assert "## Distillation: the CWD term's share of the loss" in md and "| cwd1 | 1 | " in md
 
 
 def test_a_study_killed_under_local_jobs_resumes_under_ray(reference, tmp_path):

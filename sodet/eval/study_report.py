@@ -57,6 +57,7 @@ class CellResult:
     curve: list[float] = field(default_factory=list)  # COCO AP on val per epoch (settings that validate every epoch)
     same_as: str | None = None
     error: str | None = None
+    cwd_share: list[tuple[float, float]] = field(default_factory=list)  # distillation: (det, cwd) loss per epoch
 
 
 @dataclass
@@ -185,7 +186,7 @@ def _cell_result(study_dir: Path, name: str, seed: int, record: dict) -> CellRes
     training = _read_json(run_dir / "training.json")
     seconds = None if same_as else record.get("seconds") if not trained else None
     return CellResult(name, seed, status, metrics, seconds, run_dir, final_dir,
-                      record, training, _curve(run_dir), same_as, record.get("error"))
+                      record, training, _curve(run_dir), same_as, record.get("error"), _cwd_losses(run_dir))
 
 
 def _read_json(path: Path) -> dict | None:
@@ -203,6 +204,17 @@ def _curve(run_dir: Path) -> list[float]:
         return []
     values = [float(r.get(CURVE_KEY) or 0) for r in rows]
     return values if len(values) > 1 and all(v > 0 for v in values) else []
+
+
+def _cwd_losses(run_dir: Path) -> list[tuple[float, float]]:
+    """(detection loss, CWD term) per epoch of a distillation run (results.csv batch means); empty otherwise."""
+    try:
+        rows = [{k.strip(): v for k, v in r.items()} for r in csv.DictReader((run_dir / "results.csv").read_text().splitlines())]
+    except OSError:
+        return []
+    if not rows or "train/cwd_loss" not in rows[0]:
+        return []
+    return [(float(r["train/det_loss"]), float(r["train/cwd_loss"])) for r in rows]
 
 
 def _family(manifest: dict) -> str | None:
@@ -486,6 +498,7 @@ def to_markdown(results: StudyResults) -> str:
         lines.append(f"| {s.name} | {n} | " + " | ".join(_mean_text(s.stats.get(k)) for k in keys) + " |")
 
     lines += _curve_lines(results)
+    lines += _cwd_lines(results)
 
     shown = [s for s in results.settings if s.reference]
     if shown:
@@ -548,6 +561,33 @@ def _curve_lines(results: StudyResults) -> list[str]:
                      + (f"the curve has flattened (below {FLAT:g}%)." if flat else
                         f"the curve has **not** flattened (more than {FLAT:g}%): a longer schedule could change the "
                         "comparison; this is the longest schedule the profile's time budget allows."))
+    return lines
+
+
+def _cwd_lines(results: StudyResults) -> list[str]:
+    """How large the distillation term is: its share of the total loss (CWD / (detection + CWD)) per epoch, mean
+    over seeds, per distillation setting. A term of 1-2% cannot move a detector much; a null result means more
+    where the share is large."""
+    rows = []
+    for s in results.settings:
+        runs = [c.cwd_share for c in s.cells if c.cwd_share and c.same_as is None]
+        if not runs:
+            continue
+        n = min(len(r) for r in runs)
+        share = [sum(r[e][1] / (r[e][0] + r[e][1]) for r in runs) / len(runs) for e in range(n)]
+        det = [sum(r[e][0] for r in runs) / len(runs) for e in range(n)]
+        cwd = [sum(r[e][1] for r in runs) / len(runs) for e in range(n)]
+        rows.append((s.name, share, det, cwd, len(runs)))
+    if not rows:
+        return []
+    n = max(len(r[1]) for r in rows)
+    lines = ["", "## Distillation: the CWD term's share of the loss", "",
+             "CWD term / (detection loss + CWD term) per epoch (batch means from each run's results.csv, mean over seeds); "
+             "in brackets the detection loss and the CWD term.", "",
+             "| setting | seeds | " + " | ".join(f"epoch {e + 1}" for e in range(n)) + " |", "|---|---|" + "---|" * n]
+    for name, share, det, cwd, k in rows:
+        cells = [f"{100 * v:.1f}% ({d:.2f} / {c:.3f})" for v, d, c in zip(share, det, cwd)]
+        lines.append(f"| {name} | {k} | " + " | ".join(cells + [""] * (n - len(cells))) + " |")
     return lines
 
 
