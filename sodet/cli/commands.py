@@ -175,6 +175,9 @@ def val(
 
     overrides = parse_overrides(override)
     refuse_sodet_own(overrides)
+    if "max_det" in overrides:  # the engine's spelling of --max-det
+        engine_max_det = overrides.pop("max_det")
+        max_det = engine_max_det if max_det is None else max_det
 
     save_dir, metrics = run_val(
         model=model, data=data, weights=weights, classes=split_classes(classes), split=split, out=out,
