@@ -189,6 +189,7 @@ class YoloxFamily(Family):
     def load_module(self, model, source, origin):
         state = self.transfer(model, source.float().state_dict(), origin)
         load_by_name(model, state, (".cls_preds.",), origin, model_names(source))
+        model.input_scale = getattr(source, "input_scale", 255.0)  # the pixel range its first convolution expects
 
     @staticmethod
     def transfer(model, state: dict, origin) -> dict:
@@ -209,7 +210,6 @@ class YoloxFamily(Family):
 
         LOGGER.info(f"{colorstr('sodet:')} {taken} of {len(own)} tensors from {origin} (the P2 layers start from their init)")
         return full
-        model.input_scale = getattr(source, "input_scale", 255.0)  # the pixel range its first convolution expects
 
     def install_box_rule(self, model, rule):
         if rule.assign == "nwd":
