@@ -171,10 +171,11 @@ def test_a_file_put_in_the_cache_by_hand_is_verified_once(server):
 
 # the table ----------------------------------------------------------------------------------------------------
 def test_every_zoo_model_has_official_weights_with_their_facts():
-    from sodet.models.registry import get_entry, list_models
+    from sodet.assets import load_cfg
+    from sodet.models.registry import get_entry
 
     rows = hub.table()
-    for name in list_models():
+    for name in load_cfg("models.yaml"):  # the zoo (a plugin's model registered at run time may have no weights)
         row = rows[get_entry(name).weights]
         assert row.licence and row.trained_on and row.size_mb, name
         assert row.source == "shipped" or row.download_url.startswith("https://"), name
