@@ -270,3 +270,32 @@ def test_fraction_is_honoured(tmp_path):
     half = build_dataset(get_cfg(overrides=dict(imgsz=160, fraction=0.5)), data["train"], 8, data, "train", 32, RunOptions())
     assert len(full) == 32 and len(half) == 16
     assert [lb["im_file"] for lb in half.labels] == [lb["im_file"] for lb in full.labels][:16]
+
+
+def _build_split_cache(root: str, start, counts, k: int) -> None:
+    from sodet.data.coco import load_split
+
+    start.wait()
+    counts[k] = len(load_split(root, "val").images)
+
+
+def test_label_cache_built_by_several_processes_at_once(tmp_path):
+    """A study's cells side by side on a fresh data folder build the same label cache together: every one of
+    them gets the labels (each writes its own temporary files; once the rename of a shared one raced)."""
+    import multiprocessing as mp
+
+    from sodet.data.coco import load_split
+
+    ctx = mp.get_context("fork")
+    for attempt in range(3):
+        root = tmp_path / f"copy{attempt}"
+        shutil.copytree(MINI, root, ignore=shutil.ignore_patterns(".sodet"))
+        start, counts = ctx.Barrier(4), ctx.Array("i", [-1] * 4)
+        procs = [ctx.Process(target=_build_split_cache, args=(str(root), start, counts, k)) for k in range(4)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(120)
+        n = len(load_split(root, "val").images)
+        assert list(counts) == [n] * 4 and n > 0
+        assert not [p.name for p in (root / ".sodet").iterdir() if p.name.endswith(".tmp")]

@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import pickle
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -253,11 +254,18 @@ def load_split(data_dir: str | Path, split: str, classes: list[str] | None = Non
             pass  # unreadable cache: rebuild
     labels, gt = parse_split(ann, img_dir, classes)
     labels.gt_json = str(gt_path)
-    with open(gt_path, "w", encoding="utf-8") as f:
-        json.dump(gt, f)
-    tmp = cache.with_suffix(".tmp")
-    with open(tmp, "wb") as f:
-        pickle.dump(labels, f)
-    tmp.replace(cache)
+    # several processes may build the same cache at once (a study's cells side by side): each writes its own
+    # temporary files and renames them into place, so a reader never sees half a file and no rename loses its source
+    _replace_with(gt_path, json.dumps(gt).encode())
+    _replace_with(cache, pickle.dumps(labels))
     return labels
+
+
+def _replace_with(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
