@@ -111,6 +111,38 @@ def test_protocols_equal_pycocotools_with_their_parameters(seed, backend):
     assert m["protocols"]["aitod"]["AR1500"] is not None and set(m["protocols"]["aitod"]["per_class"]) == {"person", "car"}
 
 
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+def test_many_detections_are_scored_by_category_in_several_processes_with_the_same_numbers(backend, monkeypatch):
+    """Above PARALLEL_MIN_DETECTIONS the categories are split over processes; the joined arrays are those of one
+    COCOeval (a category without ground truth in the middle of the order, one with neither, three workers)."""
+    from sodet.eval import cocoeval
+
+    gt, dets = generated_case(4, dense=300)
+    gt["categories"] = [{"id": 1, "name": "person"}, {"id": 2, "name": "truck"}, {"id": 3, "name": "car"},
+                        {"id": 4, "name": "bus"}]
+    for a in gt["annotations"]:
+        a["category_id"] = 3 if a["category_id"] == 2 else 1
+    for d in dets:
+        d["category_id"] = {1: 1, 2: 3}[d["category_id"]]
+    dets += [dict(d, category_id=2) for d in dets[::7]]  # detections of a category without ground truth
+    protocols = get_protocols("aitod,tinyperson")
+    one = evaluate(gt, dets, protocols=protocols, backend=backend)
+    monkeypatch.setattr(cocoeval, "PARALLEL_MIN_DETECTIONS", 0)  # the machine's cores (2 in CI)
+    assert cocoeval._category_workers(len(dets), 4) == min(4, len(os.sched_getaffinity(0)))
+    assert evaluate(gt, dets, protocols=protocols, backend=backend) == one
+    monkeypatch.setattr(cocoeval, "_category_workers", lambda scored, categories: 3)
+    chunks, split_by = [], cocoeval._category_chunks
+    monkeypatch.setattr(cocoeval, "_category_chunks", lambda *a: chunks.append(split_by(*a)) or chunks[-1])
+    split = evaluate(gt, dets, protocols=protocols, backend=backend)
+    assert split == one
+    assert len(chunks) == 1 + len(protocols) and all(2 <= len(c) <= 3 for c in chunks)  # by detections, not count
+    assert all(sum(c, []) == [1, 2, 3, 4] for c in chunks)
+    assert split["per_class"]["truck"]["AP"] is None and split["per_class"]["bus"]["AP"] is None
+    for p in protocols:
+        ref = reference(gt, dets, p)
+        assert {k: split["protocols"][p.name][k] for k in ref} == pytest.approx(ref, abs=1e-6)
+
+
 def test_protocols_on_a_real_set():
     gt = json.loads((MINI / "annotations" / "val.json").read_text())
     rng = np.random.default_rng(3)

@@ -237,10 +237,75 @@ def summarize_stats(precision: np.ndarray, recall: np.ndarray, params: Mapping[s
     return out
 
 
+# Above this many scored detections the categories are evaluated in several processes (COCOeval evaluates and
+# accumulates each category on its own, so the per-category arrays are the same); below it a process costs more
+# than it saves.
+PARALLEL_MIN_DETECTIONS = 400_000
+_FORKED_INPUT: tuple | None = None  # what the forked category workers read (inherited, never pickled)
+
+
 def _accumulate(
     gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray, max_dets: int, backend: str, protocol=None,
+    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Run COCOeval's evaluate + accumulate; returns precision [T,R,K,A,M], recall [T,K,A,M] and the parameters."""
+    """Run COCOeval's evaluate + accumulate; returns precision [T,R,K,A,M], recall [T,K,A,M] and the parameters.
+
+    Many detections (``PARALLEL_MIN_DETECTIONS``) are scored in up to one process per CPU core, each evaluating a
+    contiguous share of the sorted categories, and the arrays are joined along the category axis: the numbers are
+    those of one COCOeval over all categories (``tests/test_protocols.py``). ``workers`` forces the count."""
+    global _FORKED_INPUT
+    cat_ids = sorted(c["id"] for c in gt["categories"])
+    n = _category_workers(len(keep), len(cat_ids)) if workers is None else max(1, min(workers, len(cat_ids)))
+    if n == 1:
+        return _accumulate_categories(gt, detections, keep, max_dets, backend, protocol)
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    kept_categories = np.asarray(detections.category_ids)[keep]
+    chunks = _category_chunks(cat_ids, kept_categories, n)
+    _FORKED_INPUT = (gt, detections, keep, kept_categories, max_dets, backend, protocol)
+    try:
+        with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_accumulate_forked, chunks))
+    finally:
+        _FORKED_INPUT = None
+    params = dict(parts[0][2], catIds=[c for part in parts for c in part[2]["catIds"]])
+    return np.concatenate([p[0] for p in parts], axis=2), np.concatenate([p[1] for p in parts], axis=1), params
+
+
+def _category_workers(scored: int, categories: int) -> int:
+    import multiprocessing
+    import os
+
+    if scored < PARALLEL_MIN_DETECTIONS or categories < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        return 1
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, categories, 8))
+
+
+def _category_chunks(cat_ids: list, kept_categories: np.ndarray, n: int) -> list[list]:
+    """``n`` contiguous runs of the sorted categories holding about equal numbers of detections (the cost)."""
+    values, counts = np.unique(kept_categories, return_counts=True)
+    per_category = dict(zip(values.tolist(), counts.tolist()))
+    load = np.cumsum([per_category.get(c, 0) + 1 for c in cat_ids], dtype=np.float64)
+    cuts = np.searchsorted(load, load[-1] * np.arange(1, n) / n, side="right")
+    bounds = [0, *sorted({int(min(max(c, 1), len(cat_ids) - 1)) for c in cuts}), len(cat_ids)]
+    return [cat_ids[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+
+
+def _accumulate_forked(cats: list) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    gt, detections, keep, kept_categories, max_dets, backend, protocol = _FORKED_INPUT
+    wanted = set(cats)
+    keep = keep[np.isin(kept_categories, np.asarray(cats))]
+    gt = dict(gt, annotations=[a for a in gt["annotations"] if a["category_id"] in wanted])
+    return _accumulate_categories(gt, detections, keep, max_dets, backend, protocol, cats)
+
+
+def _accumulate_categories(
+    gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray, max_dets: int, backend: str, protocol=None,
+    cat_ids: list | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """One COCOeval's evaluate + accumulate, over ``cat_ids`` (None: every category)."""
     if backend == "faster-coco-eval":
         from faster_coco_eval import COCO, COCOeval_faster as COCOeval
     else:
@@ -263,6 +328,8 @@ def _accumulate(
             E.params.areaRngLbl = [name for name, _, _ in protocol.ranges]
             E.params.iouThrs = np.asarray(protocol.iou_thresholds, dtype=np.float64)
             E.params.maxDets = list(protocol.max_dets)
+        if cat_ids is not None:
+            E.params.catIds = list(cat_ids)
         E.evaluate()
         E.accumulate()
     p = E.params
