@@ -134,7 +134,7 @@ def test_crop_geometry_boxes_masks_drops_and_areas():
         assert (x1 - x0, y1 - y0) == (320, 256)
 
 
-def crop_dataset(seed: int = 0, mosaic: float = 0.0, **options):
+def crop_dataset(seed: int = 0, mosaic: float = 0.0, imgsz: int = 320, **options):
     from ultralytics.cfg import get_cfg
 
     from sodet.data.spec import resolve_data
@@ -143,7 +143,7 @@ def crop_dataset(seed: int = 0, mosaic: float = 0.0, **options):
     from ultralytics.utils import YAML
 
     data = YAML.load(resolve_data(str(HIT_MINI)))
-    cfg = get_cfg(overrides={"imgsz": 320, "mosaic": mosaic, "fliplr": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0, "translate": 0,
+    cfg = get_cfg(overrides={"imgsz": imgsz, "mosaic": mosaic, "fliplr": 0.0, "hsv_h": 0, "hsv_s": 0, "hsv_v": 0, "translate": 0,
                              "scale": 0, "seed": seed})
     opts = RunOptions(crop_train=[192.0, 320.0], crop_p=1.0, **options)
     return build_dataset(cfg, str(HIT_MINI / "images" / "train"), 8, {**data, "nc": len(data["names"])}, "train", 32, opts)
@@ -188,6 +188,30 @@ def test_copy_paste_pastes_inside_the_crop():
     for s in samples:
         b = s["bboxes"]
         assert bool(((b[:, :2] - b[:, 2:] / 2) >= -1e-6).all()) and bool(((b[:, :2] + b[:, 2:] / 2) <= 1 + 1e-6).all())
+
+
+def test_crops_read_the_decoded_frame_without_writing_into_it(monkeypatch):
+    """A crop is a view of the decoded frame (no copy), cut from the engine's own buffer where that holds the frame
+    unresized (no second decode), and a paste into it leaves the frame untouched: same pixels as a fresh decode."""
+    import ultralytics.utils.patches as patches
+
+    fresh = crop_dataset(imgsz=640, copy_paste=True, oversample=1.0)
+    buffered = crop_dataset(imgsz=640, copy_paste=True, oversample=1.0)
+    decodes = []
+    real_imread = patches.imread
+    monkeypatch.setattr(patches, "imread", lambda *a, **k: decodes.append(a[0]) or real_imread(*a, **k))
+    for extra in range(len(buffered.labels), len(buffered.labels) + 8):  # extra samples: pasted
+        i = int(buffered.sample_index[extra])
+        buffered.load_image(i)  # the engine loads frame i at its own size (640 px long side: not resized)
+        frame, before = buffered.ims[i].copy(), len(decodes)
+        random.seed(extra)
+        a = buffered.cropped_label(i, extra, paste=True)
+        assert len(decodes) == before and np.array_equal(buffered.ims[i], frame)
+        random.seed(extra)
+        b = fresh.cropped_label(i, extra, paste=True)
+        assert np.array_equal(fresh.full_res[i], frame)
+        assert np.array_equal(a["img"], b["img"]) and np.array_equal(a["instances"].bboxes, b["instances"].bboxes)
+    assert buffered.paste_stats["pasted"] > 0 and fresh.paste_stats["pasted"] == buffered.paste_stats["pasted"]
 
 
 # P2 models ---------------------------------------------------------------------------------------------------

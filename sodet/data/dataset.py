@@ -212,7 +212,7 @@ class SodetDataset(YOLODataset):
         xyxy = np.concatenate([xywh[:, :2] - xywh[:, 2:] / 2, xywh[:, :2] + xywh[:, 2:] / 2], 1)
         boxes, keep, visible = crop_boxes(xyxy, window, opts.crop_min_visible)
         cls = np.asarray(base["cls"]).reshape(-1, 1)[keep]
-        crop = np.ascontiguousarray(im[y0:y1, x0:x1])
+        crop = im[y0:y1, x0:x1]  # a view of the decoded frame: resizing and pasting read it, never write into it
         if paste and len(boxes):
             from sodet.data.copy_paste import paste_small_objects
 
@@ -232,7 +232,7 @@ class SodetDataset(YOLODataset):
         hc, wc = crop.shape[:2]
         size = max(self.imgsz) if isinstance(self.imgsz, (list, tuple)) else self.imgsz
         r = size / max(hc, wc)  # long side to the network input, as the engine's load_image does
-        img = crop if r == 1 else cv2.resize(crop, (min(math.ceil(wc * r), size), min(math.ceil(hc * r), size)),
+        img = np.ascontiguousarray(crop) if r == 1 else cv2.resize(crop, (min(math.ceil(wc * r), size), min(math.ceil(hc * r), size)),
                                              interpolation=cv2.INTER_LINEAR)
         if img.ndim == 2:
             img = img[..., None]
@@ -265,6 +265,8 @@ class SodetDataset(YOLODataset):
         if im is not None:
             self.full_res.move_to_end(i)
             return im
+        if self.ims[i] is not None and self.im_hw0[i] == self.im_hw[i]:
+            return self.ims[i]  # the engine's buffer holds it unresized (its long side is the network input)
         im = imread(self.im_files[i], flags=self.cv2_flag)
         if im is None:
             raise FileNotFoundError(f"Image Not Found {self.im_files[i]}")
