@@ -153,11 +153,13 @@ def test_per_image_evaluation_recomputes_cocos_ap_on_any_resample():
                     g2["annotations"] += [dict(a, image_id=new, id=len(g2["annotations"]) + j + 1)
                                           for j, a in enumerate(x for x in gt["annotations"] if x["image_id"] == image_id)]
                     d2 += [dict(x, image_id=new) for x in dets if x["image_id"] == image_id]
-            assert pe.ap(weights.astype(float)) == pytest.approx(pycocotools_ap(g2, d2, area), abs=1e-12)
+            ref = pycocotools_ap(g2, d2, area)
+            assert pe.ap(weights.astype(float)) == pytest.approx(ref, abs=1e-12)
+            assert pe.ap_batch(np.stack([weights, np.ones_like(weights)]).astype(float)) == pytest.approx([ref, pe.ap()], abs=1e-12)
 
 
 def test_paired_bootstrap_is_seeded_and_brackets_the_difference():
-    from sodet.eval.bootstrap import paired_bootstrap, per_image_eval
+    from sodet.eval.bootstrap import paired_bootstrap, per_image_eval, resample_weights
 
     gt, dets = bootstrap_case()
     worse = [dict(d, score=d["score"] * 0.5) if d["image_id"] % 2 else d for d in dets]  # scores scrambled across images
@@ -169,6 +171,10 @@ def test_paired_bootstrap_is_seeded_and_brackets_the_difference():
     assert (a.low, a.high) == (b.low, b.high) and a.resamples == 1000
     assert a.difference == pytest.approx(np.mean([o.ap() - x.ap() for x, o in zip(base, other)]))
     assert a.low < a.difference < a.high and a.high < 0  # a clear loss stays a loss on other images
+    # the batched resamples are the per-resample definition: COCO AP of each run with image i counted w_i times
+    weights = resample_weights(len(base[0].image_ids), 1000, 3)
+    diffs = [np.mean([o.ap(w) - x.ap(w) for x, o in zip(base, other)]) for w in weights]
+    assert (a.low, a.high) == pytest.approx(tuple(np.quantile(diffs, [0.025, 0.975])), abs=1e-12)
     same = paired_bootstrap(base, base, resamples=200)
     assert same.difference == 0 and same.low == 0 and same.high == 0
 
