@@ -50,13 +50,15 @@ def load_average() -> float | None:
 
 def git_state() -> dict:
     """sodet's commit and whether the tree had uncommitted changes to tracked files (numbers of a dirty tree are
-    not the commit's)."""
+    not the commit's). Results files (bench/results, BENCHMARKS.md) do not count: a run of every benchmark
+    rewrites them one by one, and they are what the benchmarks write, not what they measure."""
     def git(*args):
         return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30).stdout.strip()
 
     try:
         commit = git("rev-parse", "HEAD") or None
-        dirty = bool(git("status", "--porcelain", "--untracked-files=no")) if commit else None
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)bench/results",
+                         ":(exclude)BENCHMARKS.md")) if commit else None
     except (OSError, subprocess.SubprocessError):
         commit, dirty = None, None
     return {"commit": commit, "dirty": dirty}
