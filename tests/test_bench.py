@@ -50,3 +50,27 @@ def test_benchmarks_md_is_built_from_the_results_files(tmp_path):
     assert "| AI-TOD scoring vs pycocotools | >= 4x | 3.1x (3.0-3.2) | **missed** |" in out
     assert out.count("not run yet") == len(BENCHMARKS) - 2  # all but eval_speed and the GPU check
     assert "no CUDA device" in out and "## Evaluation speed" in out
+
+
+def test_dirty_flag_counts_code_changes_not_results_files(tmp_path, monkeypatch):
+    """A run of every benchmark rewrites bench/results one file at a time: those files do not make the later
+    benchmarks' commit 'dirty'; a change to the code does."""
+    import bench.common as common
+
+    def git(*args):
+        subprocess.run(["git", "-c", "user.email=t@t", "-c", "user.name=t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    files = {"code.py": "x = 1\n", "bench/results/a.md": "old\n", "BENCHMARKS.md": "old\n"}
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    monkeypatch.setattr(common, "ROOT", tmp_path)
+    (tmp_path / "bench/results/a.md").write_text("new\n")
+    (tmp_path / "BENCHMARKS.md").write_text("new\n")
+    assert common.git_state()["dirty"] is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert common.git_state()["dirty"] is True
