@@ -208,7 +208,7 @@ def save_run_options(save_dir: Path, options: RunOptions) -> None:
     if save_dir.is_dir():
         import yaml
 
-        from sodet.eval.metrics_io import write_text_atomic
+        from sodet.files import write_text_atomic
 
         write_text_atomic(save_dir / "sodet.yaml", yaml.safe_dump(options.to_dict(), sort_keys=False))
 

@@ -25,6 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from sodet.errors import SodetError
+from sodet.files import write_text_atomic
 
 ENV_HOME, ENV_OFFLINE, ENV_MIRROR = "SODET_HOME", "SODET_OFFLINE", "SODET_WEIGHTS_MIRROR"
 CHECKSUMS = "checksums.json"
@@ -153,9 +154,7 @@ def record_checksum(entry: WeightsFile, path: Path, digest: str, how: str, url: 
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     target = weights_dir() / CHECKSUMS
-    tmp = target.with_name(f".{CHECKSUMS}.{uuid.uuid4().hex}.tmp")
-    tmp.write_text(json.dumps(records, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, target)
+    write_text_atomic(target, json.dumps(records, indent=2, sort_keys=True) + "\n")
 
 
 def cached_path(entry: WeightsFile) -> Path:

@@ -113,7 +113,7 @@ def test_a_second_run_into_a_held_folder_is_refused_and_a_dead_lock_is_taken_ove
 def test_outputs_are_written_whole(tmp_path, monkeypatch):
     """metrics.json, predictions.json, study.json and the weights cache go through a temporary file: a failing
     write leaves the old file as it was."""
-    from sodet.eval.metrics_io import write_text_atomic
+    from sodet.files import write_text_atomic
 
     target = tmp_path / "metrics.json"
     target.write_text("old")

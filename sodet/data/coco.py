@@ -11,13 +11,13 @@ import hashlib
 import json
 import os
 import pickle
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from sodet.errors import SodetError
+from sodet.files import write_bytes_atomic
 
 CACHE_VERSION = 3  # 3: duplicate ids refused
 
@@ -256,16 +256,6 @@ def load_split(data_dir: str | Path, split: str, classes: list[str] | None = Non
     labels.gt_json = str(gt_path)
     # several processes may build the same cache at once (a study's cells side by side): each writes its own
     # temporary files and renames them into place, so a reader never sees half a file and no rename loses its source
-    _replace_with(gt_path, json.dumps(gt).encode())
-    _replace_with(cache, pickle.dumps(labels))
+    write_bytes_atomic(gt_path, json.dumps(gt).encode())
+    write_bytes_atomic(cache, pickle.dumps(labels))
     return labels
-
-
-def _replace_with(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-

@@ -21,7 +21,7 @@ from sodet.engine.build import build_dataset, build_model
 from sodet.engine.distill import CwdDistiller, build_distiller, describe, distill_schedule, keep_student
 from sodet.engine.validator import COCO_COLUMNS, SodetValidator
 from sodet.errors import SodetError
-from sodet.eval.metrics_io import free_space_note
+from sodet.files import free_space_note, write_text_atomic
 from sodet.models.registry import family_of
 from sodet.options import RunOptions
 
@@ -346,7 +346,6 @@ class SodetTrainer(DetectionTrainer):
         optimizer steps per epoch), so that a study can show each setting's compute and tell which runs saw the
         same batches. A resumed run keeps the steps of the epochs before its checkpoint."""
         import json
-        import os
 
         ds = getattr(self.train_loader, "dataset", None)
         if ds is None or RANK not in {-1, 0}:
@@ -375,9 +374,7 @@ class SodetTrainer(DetectionTrainer):
             "steps_per_epoch": steps,
             "seed": int(self.args.seed),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(record, indent=2) + "\n")
 
     def results_columns(self, metrics: dict) -> list[str]:
         """results.csv's metric columns: its header's (resume appends to it), else ``metrics``' keys with sodet's

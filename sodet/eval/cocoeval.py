@@ -246,16 +246,15 @@ _FORKED_INPUT: tuple | None = None  # what the forked category workers read (inh
 
 def _accumulate(
     gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray, max_dets: int, backend: str, protocol=None,
-    workers: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Run COCOeval's evaluate + accumulate; returns precision [T,R,K,A,M], recall [T,K,A,M] and the parameters.
 
     Many detections (``PARALLEL_MIN_DETECTIONS``) are scored in up to one process per CPU core, each evaluating a
     contiguous share of the sorted categories, and the arrays are joined along the category axis: the numbers are
-    those of one COCOeval over all categories (``tests/test_protocols.py``). ``workers`` forces the count."""
+    those of one COCOeval over all categories (``tests/test_protocols.py``)."""
     global _FORKED_INPUT
     cat_ids = sorted(c["id"] for c in gt["categories"])
-    n = _category_workers(len(keep), len(cat_ids)) if workers is None else max(1, min(workers, len(cat_ids)))
+    n = _category_workers(len(keep), len(cat_ids))
     if n == 1:
         return _accumulate_categories(gt, detections, keep, max_dets, backend, protocol)
     import multiprocessing

@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from sodet.errors import SodetError
 from sodet.eval.cocoeval import METRIC_KEYS
+from sodet.files import write_text_atomic
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.json"
@@ -81,33 +80,6 @@ def write_metrics(
     write_text_atomic(out_dir / PREDICTIONS_FILE, json.dumps([_prediction(p) for p in predictions], separators=(",", ":")))
     write_text_atomic(metrics_path, json.dumps(record, indent=2, default=_jsonable) + "\n")
     return metrics_path
-
-
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path``, flush it to disk and rename it over ``path``: a kill at
-    any moment leaves the old file or the new one, never a truncated one. A full disk ends in one line naming the
-    path and the free space, the old file intact."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        raise SodetError(f"cannot write {path}: {e.strerror or e}{free_space_note(path.parent)}") from None
-    return path
-
-
-def free_space_note(folder: Path) -> str:
-    import shutil
-
-    try:
-        return f" ({shutil.disk_usage(folder).free / 2**20:.0f} MiB free in {folder})"
-    except OSError:
-        return ""
 
 
 def read_metrics(path: str | Path) -> dict[str, Any]:

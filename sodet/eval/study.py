@@ -304,7 +304,7 @@ def read_manifest(study_dir: Path) -> dict | None:
 
 
 def write_manifest(study_dir: Path, manifest: dict) -> None:
-    from sodet.eval.metrics_io import write_text_atomic
+    from sodet.files import write_text_atomic
 
     write_text_atomic(Path(study_dir) / MANIFEST, json.dumps(manifest, indent=2) + "\n")  # never half a manifest
 

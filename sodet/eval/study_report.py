@@ -691,7 +691,7 @@ def summary_table(results: StudyResults):
 def render_report(study_dir: Path, console=None, primary: str | None = None, resamples: int | None = None) -> list[Path]:
     """Write report.md, report.csv, cells.csv and the bucket charts into the study folder (each written to a
     temporary file and renamed); returns the paths. With a rich ``console``, the means are printed there too."""
-    from sodet.eval.metrics_io import write_text_atomic
+    from sodet.files import write_text_atomic
 
     study_dir = Path(study_dir)
     results = collect(study_dir, primary, resamples)
