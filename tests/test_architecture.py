@@ -8,7 +8,6 @@ import ast
 import importlib
 import json
 import re
-from pathlib import Path
 
 import pytest
 from conftest import MINI, REPO

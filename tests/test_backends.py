@@ -23,7 +23,7 @@ from test_study import FakeCli, gt, plan_cells  # noqa: F401  (gt: a fixture)
 
 from sodet.errors import SodetError
 from sodet.eval import backends
-from sodet.eval.study import DONE, FAILED, SAME, SKIPPED, read_manifest, run_study, write_manifest
+from sodet.eval.study import DONE, FAILED, SAME, read_manifest, run_study, write_manifest
 
 
 class SlowCli(FakeCli):

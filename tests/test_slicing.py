@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -40,16 +39,11 @@ def test_tile_detections_map_back_to_the_full_image(tmp_path):
 
     image = cv2.imread(str(FRAME))
     slicer = Slicer(256, 256, overlap=0.25, batch=8)
-    seen = {}
 
     def run(source, name):
         _, res = predict(model="yolox-nano", source=source, imgsz=256, conf=0.01, device="cpu", save=False,
                          project=str(tmp_path), name=name, progress=False)
         return res
-
-    # tiles through the predictor's batched crop detection
-    res = run(image, "full")  # sets up a predictor; its detect_crops is what slicing runs
-    from sodet.engine.predictor import SodetPredictor  # noqa: F401
 
     expected = []
     for k, (x0, y0, x1, y1) in enumerate(slicer.tiles(*image.shape[:2])):

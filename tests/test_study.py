@@ -20,7 +20,6 @@ from conftest import HIT_MINI, MINI, REPO
 from sodet.errors import SodetError
 from sodet.eval import stats
 from sodet.eval.cocoeval import METRIC_KEYS
-from sodet.eval.compare import COMPARE_KEYS
 from sodet.eval.metrics_io import write_metrics
 from sodet.eval.study import (
     DONE, FAILED, SAME, SKIPPED, check_same_options, plan, read_manifest, run_study, write_manifest,

@@ -31,7 +31,7 @@ from sodet.eval.stats import (
     ALPHA, CONFIDENCE, NOT_AVAILABLE, MeanCI, PairedDifference, holm, mean_ci, paired_difference, relative_change,
     verdict_of,
 )
-from sodet.eval.study import DONE, FINAL, SAME, read_manifest, settings_from, study_config
+from sodet.eval.study import DONE, SAME, read_manifest, settings_from, study_config
 from sodet.eval.tables import format_value
 
 BUCKETS = {"all": ("AP", "AR100"), "small": ("APs", "ARs"), "medium": ("APm", "ARm"), "large": ("APl", "ARl")}
