@@ -324,10 +324,22 @@ def check_same_options(manifest: dict, opts: StudyOptions, study_dir: Path) -> N
         )
 
 
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo on Linux): float kernels differ between CPU models, so a run's
+    numbers reproduce exactly on the same model only."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
     import torch
 
-    cpu = platform.processor() or platform.machine()
+    cpu = cpu_model()
     gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
     return f"{platform.node()}: {platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} CPU cores{gpu}"
 
