@@ -24,7 +24,7 @@ from sodet.eval.metrics_io import write_metrics
 from sodet.eval.study import (
     DONE, FAILED, SAME, SKIPPED, check_same_options, plan, read_manifest, run_study, write_manifest,
 )
-from sodet.eval.study_report import collect, render_report
+from sodet.eval.study_report import cells_csv, collect, render_report
 
 scipy_stats = pytest.importorskip("scipy.stats")
 
@@ -381,6 +381,22 @@ def test_a_trained_cell_killed_while_scoring_is_only_scored(tmp_path, gt):
     runner = FakeCli(gt)
     manifest = start(study_dir, opts, cells, runner)
     assert runner.calls == ["baseline/seed0:val"] and manifest["cells"]["baseline/seed0"]["status"] == DONE
+
+
+def test_a_cell_that_only_scores_another_cells_weights_has_its_start_and_commit(tmp_path, gt):
+    """slice-val trains nothing (the baseline's weights, scored sliced): its row in the report and in cells.csv
+    gives the start and the commit of its scoring."""
+    study_dir, opts, _, _, cells, _ = plan_cells(tmp_path, only="baseline,slice-val", seeds=1)
+    manifest = start(study_dir, opts, cells, FakeCli(gt))
+    record = manifest["cells"]["slice-val/seed0"]
+    assert record["trained_as"] == "baseline/seed0" and "started" not in record and record["eval_started"]
+    results = collect(study_dir, resamples=0)
+    row = next(r for r in cells_csv(results).splitlines() if r.startswith("slice-val,0,"))
+    assert f",{record['eval_started']},{record['eval_ended']}," in row
+    assert record["eval_git_commit"] is None or record["eval_git_commit"] in row
+    report = render_report(study_dir, resamples=0)[0].read_text()
+    line = next(x for x in report.splitlines() if x.startswith("| slice-val/seed0 |"))
+    assert f"| {record['eval_started']} | {record['eval_ended']} |" in line
 
 
 def test_a_failed_cell_is_reported_and_the_rest_go_on(tmp_path, gt):

@@ -404,7 +404,7 @@ def to_markdown(results: StudyResults) -> str:
     reference_label = config.get("reference", {}).get("label", "reference study")
     overrides = ", ".join(f"{k}={v}" for k, v in o.get("overrides", {}).items()) or "none"
     seeds = m.get("seeds", [])
-    starts = [c.get("started") for c in m.get("cells", {}).values() if c.get("started")]
+    starts = [cell_started(c) for c in m.get("cells", {}).values() if cell_started(c)]
     ends = [c.get(k) for c in m.get("cells", {}).values() for k in ("ended", "eval_ended") if c.get(k)]
     d = results.dataset or {}
     split_note = (f"the **{d.get('split')}** split ({d.get('num_images')} images), never used for choosing anything"
@@ -530,9 +530,19 @@ def to_markdown(results: StudyResults) -> str:
             r = c.record
             note = f"same run as {c.same_as}" if c.same_as else (c.error or "")
             lines.append(f"| {c.setting}/seed{c.seed} | {c.status} | {ran_on(r)} | {_minutes(r.get('seconds'))} | {_minutes(r.get('eval_seconds'))} | "
-                         f"{r.get('started', '')} | {r.get('eval_ended') or r.get('ended', '')} | {str(r.get('git_commit') or '')[:10]} | "
+                         f"{cell_started(r)} | {r.get('eval_ended') or r.get('ended', '')} | {str(cell_commit(r))[:10]} | "
                          f"{note.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
+
+
+def cell_started(record: dict) -> str:
+    """When a cell began: its training, or its scoring where it only scores another cell's weights (slice-val)."""
+    return record.get("started") or record.get("eval_started") or ""
+
+
+def cell_commit(record: dict) -> str:
+    """The code a cell ran: its training's commit, else its scoring's."""
+    return record.get("git_commit") or record.get("eval_git_commit") or ""
 
 
 def ran_on(record: dict) -> str:
@@ -628,8 +638,8 @@ def cells_csv(results: StudyResults) -> str:
             t = c.training or {}
             values = [_num(metric_value(c.metrics, k)) if c.metrics else "" for k in keys]
             writer.writerow([c.setting, c.seed, c.status, _num(c.seconds), t.get("images_seen", ""), t.get("optimizer_steps", ""),
-                             t.get("sample_stream", ""), *values, str(c.final_dir), c.record.get("git_commit", ""),
-                             c.record.get("started", ""), c.record.get("eval_ended") or c.record.get("ended", ""),
+                             t.get("sample_stream", ""), *values, str(c.final_dir), cell_commit(c.record),
+                             cell_started(c.record), c.record.get("eval_ended") or c.record.get("ended", ""),
                              ran_on(c.record), f"same run as {c.same_as}" if c.same_as else c.error or ""])
     return buffer.getvalue()
 
