@@ -176,6 +176,7 @@ def test_crops_under_mosaic_feed_the_engines_buffer():
     for i in range(40):
         ds[i % len(ds.labels)]
     assert len(set(ds.buffer)) > 10 and len(ds.buffer) <= ds.max_buffer_length
+    assert len(set(ds.buffer)) == len(ds.buffer)  # a frame queued twice is evicted while still queued: decoded again
     assert 0 < ds.full_res_bytes <= dataset_module.FULL_RES_BYTES and len(ds.full_res) == len(set(ds.full_res))
 
 
@@ -209,9 +210,31 @@ def test_crops_read_the_decoded_frame_without_writing_into_it(monkeypatch):
         assert len(decodes) == before and np.array_equal(buffered.ims[i], frame)
         random.seed(extra)
         b = fresh.cropped_label(i, extra, paste=True)
-        assert np.array_equal(fresh.full_res[i], frame)
+        assert np.array_equal(fresh.ims[i], frame)  # decoded by the crop, kept where the engine keeps its frames
         assert np.array_equal(a["img"], b["img"]) and np.array_equal(a["instances"].bboxes, b["instances"].bboxes)
     assert buffered.paste_stats["pasted"] > 0 and fresh.paste_stats["pasted"] == buffered.paste_stats["pasted"]
+
+
+def test_a_frame_decoded_for_a_crop_is_not_decoded_again_for_a_full_image_draw(monkeypatch):
+    """Where the engine keeps a frame at its own size (its long side is the input size), a crop's decode enters the
+    engine's buffer: the next full-image load of that frame (a mosaic partner, a sample not cropped) reads it from
+    there. Where the engine resizes, the full-resolution frame stays in sodet's own bounded cache instead."""
+    import ultralytics.utils.patches as patches
+
+    decodes = []
+    real_imread = patches.imread
+    monkeypatch.setattr(patches, "imread", lambda *a, **k: decodes.append(a[0]) or real_imread(*a, **k))
+    ds = crop_dataset(imgsz=640)
+    random.seed(0)
+    ds.cropped_label(0, 0, paste=False)
+    assert len(decodes) == 1 and 0 in ds.buffer and not ds.full_res
+    im, hw0, hw = ds.load_image(0)
+    assert len(decodes) == 1 and hw0 == hw == im.shape[:2]
+    assert np.array_equal(im, real_imread(ds.im_files[0], flags=ds.cv2_flag))
+
+    small = crop_dataset(imgsz=320)  # the engine halves the frame: the crop needs the full resolution of its own
+    small.cropped_label(0, 0, paste=False)
+    assert small.ims[0] is None and small.full_res[0].shape[:2] == im.shape[:2]
 
 
 # P2 models ---------------------------------------------------------------------------------------------------

@@ -203,7 +203,6 @@ class SodetDataset(YOLODataset):
 
         opts = self.options
         im = self.full_res_image(i)
-        self.remember(i)
         h0, w0 = im.shape[:2]
         window = crop_window(h0, w0, list(opts.crop_train))
         x0, y0, x1, y1 = window
@@ -247,9 +246,10 @@ class SodetDataset(YOLODataset):
         return self.update_labels_info(label)
 
     def remember(self, i: int) -> None:
-        """Enter a cropped image into the engine's buffer of recently loaded images, by the rule of the engine's
-        ``load_image``, which a crop does not go through: mosaic draws its other images from that buffer (an
-        empty one would fail, one never refreshed would repeat the same partners)."""
+        """Enter a frame decoded for a crop into the engine's buffer of recently loaded images, by the rule of the
+        engine's ``load_image``, which a crop does not go through: mosaic draws its other images from that buffer (an
+        empty one would fail, one never refreshed would repeat the same partners). Only a decode enters it: a
+        frame queued twice would be evicted from the engine's store while still queued, and decoded again."""
         if self.augment and self.cache != "ram":
             self.buffer.append(i)
             if 1 < len(self.buffer) >= self.max_buffer_length:
@@ -261,15 +261,24 @@ class SodetDataset(YOLODataset):
         most recent frames stay decoded (FULL_RES_BYTES per worker), as the engine buffers its mosaic's images."""
         from ultralytics.utils.patches import imread
 
+        if self.ims[i] is not None and self.im_hw0[i] == self.im_hw[i]:
+            return self.ims[i]  # the engine's buffer holds it unresized (its long side is the network input)
         im = self.full_res.get(i)
         if im is not None:
             self.full_res.move_to_end(i)
             return im
-        if self.ims[i] is not None and self.im_hw0[i] == self.im_hw[i]:
-            return self.ims[i]  # the engine's buffer holds it unresized (its long side is the network input)
         im = imread(self.im_files[i], flags=self.cv2_flag)
         if im is None:
             raise FileNotFoundError(f"Image Not Found {self.im_files[i]}")
+        if im.ndim == 2:
+            im = im[..., None]
+        self.remember(i)  # a decode enters the engine's queue of recent loads, as its load_image does (hits do not)
+        size = max(self.imgsz) if isinstance(self.imgsz, (list, tuple)) else self.imgsz
+        if self.augment and self.cache != "ram" and max(im.shape[:2]) == size:
+            # the engine would keep this frame as it is: kept where the engine keeps its frames, so that a later
+            # full-image draw of it (a mosaic partner, a sample not cropped) is not decoded again
+            self.ims[i], self.im_hw0[i], self.im_hw[i] = im, im.shape[:2], im.shape[:2]
+            return im
         self.full_res[i] = im
         self.full_res_bytes += im.nbytes
         while self.full_res_bytes > FULL_RES_BYTES and len(self.full_res) > 1:
