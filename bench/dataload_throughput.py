@@ -193,7 +193,9 @@ def main() -> None:
         "epoch: a full epoch of each set (copy-paste has N + K samples). pasted samples: the K extra samples vs the "
         "same K source images unpasted (full pipeline, mosaic included). A ratio above 1 is noise plus the engine's "
         "image buffer: the extra samples repeat images, which are then more often already loaded. Random crops "
-        "read the full image from disk for each cropped sample (no buffer) and resize only the crop.",
+        "decode a frame once and keep it in the engine's buffer where the engine keeps it unresized (one decode per "
+        "sample, as plain), then resize each crop up to the network input: the magnification the method is for, "
+        "and a resize the plain pipeline does not do where the frames' long side is the input size (HIT-UAV at 640).",
         "",
         "Paste alone (image already loaded, no transforms), per pasted sample:",
         "",
