@@ -387,16 +387,18 @@ def test_a_cell_that_only_scores_another_cells_weights_has_its_start_and_commit(
     """slice-val trains nothing (the baseline's weights, scored sliced): its row in the report and in cells.csv
     gives the start and the commit of its scoring."""
     study_dir, opts, _, _, cells, _ = plan_cells(tmp_path, only="baseline,slice-val", seeds=1)
+    study_dir.mkdir(parents=True)
+    write_manifest(study_dir, {"provenance": {"git_commit": "0123456789abcdef"}})
     manifest = start(study_dir, opts, cells, FakeCli(gt))
     record = manifest["cells"]["slice-val/seed0"]
     assert record["trained_as"] == "baseline/seed0" and "started" not in record and record["eval_started"]
+    assert record["eval_git_commit"] == "0123456789abcdef" and "git_commit" not in record
     results = collect(study_dir, resamples=0)
     row = next(r for r in cells_csv(results).splitlines() if r.startswith("slice-val,0,"))
-    assert f",{record['eval_started']},{record['eval_ended']}," in row
-    assert record["eval_git_commit"] is None or record["eval_git_commit"] in row
+    assert f",0123456789abcdef,{record['eval_started']},{record['eval_ended']}," in row
     report = render_report(study_dir, resamples=0)[0].read_text()
     line = next(x for x in report.splitlines() if x.startswith("| slice-val/seed0 |"))
-    assert f"| {record['eval_started']} | {record['eval_ended']} |" in line
+    assert f"| {record['eval_started']} | {record['eval_ended']} | 0123456789 |" in line
 
 
 def test_a_failed_cell_is_reported_and_the_rest_go_on(tmp_path, gt):

@@ -229,7 +229,7 @@ class SodetDataset(YOLODataset):
                 boxes = np.concatenate([boxes, res.boxes.astype(np.float64)], 0)
                 cls = np.concatenate([cls, cls[res.source]], 0)
         hc, wc = crop.shape[:2]
-        size = max(self.imgsz) if isinstance(self.imgsz, (list, tuple)) else self.imgsz
+        size = self.input_side
         r = size / max(hc, wc)  # long side to the network input, as the engine's load_image does
         img = np.ascontiguousarray(crop) if r == 1 else cv2.resize(crop, (min(math.ceil(wc * r), size), min(math.ceil(hc * r), size)),
                                              interpolation=cv2.INTER_LINEAR)
@@ -244,6 +244,11 @@ class SodetDataset(YOLODataset):
         if self.rect:
             label["rect_shape"] = self.batch_shapes[self.batch[i]]
         return self.update_labels_info(label)
+
+    @property
+    def input_side(self) -> int:
+        """The network input's long side: what the engine's ``load_image`` resizes a frame's long side to."""
+        return max(self.imgsz) if isinstance(self.imgsz, (list, tuple)) else self.imgsz
 
     def remember(self, i: int) -> None:
         """Enter a frame decoded for a crop into the engine's buffer of recently loaded images, by the rule of the
@@ -273,8 +278,7 @@ class SodetDataset(YOLODataset):
         if im.ndim == 2:
             im = im[..., None]
         self.remember(i)  # a decode enters the engine's queue of recent loads, as its load_image does (hits do not)
-        size = max(self.imgsz) if isinstance(self.imgsz, (list, tuple)) else self.imgsz
-        if self.augment and self.cache != "ram" and max(im.shape[:2]) == size:
+        if self.augment and self.cache != "ram" and max(im.shape[:2]) == self.input_side:
             # the engine would keep this frame as it is: kept where the engine keeps its frames, so that a later
             # full-image draw of it (a mosaic partner, a sample not cropped) is not decoded again
             self.ims[i], self.im_hw0[i], self.im_hw[i] = im, im.shape[:2], im.shape[:2]

@@ -530,7 +530,7 @@ def to_markdown(results: StudyResults) -> str:
             r = c.record
             note = f"same run as {c.same_as}" if c.same_as else (c.error or "")
             lines.append(f"| {c.setting}/seed{c.seed} | {c.status} | {ran_on(r)} | {_minutes(r.get('seconds'))} | {_minutes(r.get('eval_seconds'))} | "
-                         f"{cell_started(r)} | {r.get('eval_ended') or r.get('ended', '')} | {str(cell_commit(r))[:10]} | "
+                         f"{cell_started(r)} | {cell_ended(r)} | {str(cell_commit(r))[:10]} | "
                          f"{note.replace('|', '/')} |")
     return "\n".join(lines) + "\n"
 
@@ -538,6 +538,11 @@ def to_markdown(results: StudyResults) -> str:
 def cell_started(record: dict) -> str:
     """When a cell began: its training, or its scoring where it only scores another cell's weights (slice-val)."""
     return record.get("started") or record.get("eval_started") or ""
+
+
+def cell_ended(record: dict) -> str:
+    """When a cell finished: its scoring, the last step of every cell."""
+    return record.get("eval_ended") or record.get("ended") or ""
 
 
 def cell_commit(record: dict) -> str:
@@ -639,7 +644,7 @@ def cells_csv(results: StudyResults) -> str:
             values = [_num(metric_value(c.metrics, k)) if c.metrics else "" for k in keys]
             writer.writerow([c.setting, c.seed, c.status, _num(c.seconds), t.get("images_seen", ""), t.get("optimizer_steps", ""),
                              t.get("sample_stream", ""), *values, str(c.final_dir), cell_commit(c.record),
-                             cell_started(c.record), c.record.get("eval_ended") or c.record.get("ended", ""),
+                             cell_started(c.record), cell_ended(c.record),
                              ran_on(c.record), f"same run as {c.same_as}" if c.same_as else c.error or ""])
     return buffer.getvalue()
 
