@@ -115,7 +115,7 @@ def test_protocols_equal_pycocotools_with_their_parameters(seed, backend):
 def test_many_detections_are_scored_by_category_in_several_processes_with_the_same_numbers(backend, monkeypatch):
     """Above PARALLEL_MIN_DETECTIONS the categories are split over processes; the joined arrays are those of one
     COCOeval (a category without ground truth in the middle of the order, one with neither, three workers)."""
-    from sodet.eval import cocoeval
+    from sodet.eval import scoring
 
     gt, dets = generated_case(4, dense=300)
     gt["categories"] = [{"id": 1, "name": "person"}, {"id": 2, "name": "truck"}, {"id": 3, "name": "car"},
@@ -127,20 +127,59 @@ def test_many_detections_are_scored_by_category_in_several_processes_with_the_sa
     dets += [dict(d, category_id=2) for d in dets[::7]]  # detections of a category without ground truth
     protocols = get_protocols("aitod,tinyperson")
     one = evaluate(gt, dets, protocols=protocols, backend=backend)
-    monkeypatch.setattr(cocoeval, "PARALLEL_MIN_DETECTIONS", 0)  # the machine's cores (2 in CI)
-    assert cocoeval._category_workers(len(dets), 4) == min(4, len(os.sched_getaffinity(0)))
+    monkeypatch.setattr(scoring, "PARALLEL_MIN_DETECTIONS", 0)  # the machine's cores (2 in CI)
+    assert scoring._category_workers(len(dets), 4) == min(4, len(os.sched_getaffinity(0)))
     assert evaluate(gt, dets, protocols=protocols, backend=backend) == one
-    monkeypatch.setattr(cocoeval, "_category_workers", lambda scored, categories: 3)
-    chunks, split_by = [], cocoeval._category_chunks
-    monkeypatch.setattr(cocoeval, "_category_chunks", lambda *a: chunks.append(split_by(*a)) or chunks[-1])
+    monkeypatch.setattr(scoring, "_category_workers", lambda scored, categories: 3)
+    chunks, split_by = [], scoring._category_chunks
+    monkeypatch.setattr(scoring, "_category_chunks", lambda *a: chunks.append(split_by(*a)) or chunks[-1])
     split = evaluate(gt, dets, protocols=protocols, backend=backend)
     assert split == one
     assert len(chunks) == 1 + len(protocols) and all(2 <= len(c) <= 3 for c in chunks)  # by detections, not count
     assert all(sum(c, []) == [1, 2, 3, 4] for c in chunks)
     assert split["per_class"]["truck"]["AP"] is None and split["per_class"]["bus"]["AP"] is None
+    chunks.clear()
+    monkeypatch.setattr(scoring, "_category_workers", lambda scored, categories: 2)
+    monkeypatch.setattr(scoring, "DETECTIONS_PER_CHUNK", 1)  # more runs than workers, as equal as categories allow
+    assert evaluate(gt, dets, protocols=protocols, backend=backend) == one
+    assert chunks and all(len(c) > 1 and c[0] == [1] and sum(c, []) == [1, 2, 3, 4] for c in chunks)
     for p in protocols:
         ref = reference(gt, dets, p)
         assert {k: split["protocols"][p.name][k] for k in ref} == pytest.approx(ref, abs=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["pycocotools", "faster-coco-eval"])
+@pytest.mark.parametrize("dense", [0, 60, 130])
+def test_scored_arrays_are_cocoevals_own_when_caps_exceed_every_pairs_count(backend, dense):
+    """Caps at or above the most detections a pair has are evaluated once (dense 0: every AI-TOD cap but 1; 60: 100
+    and 1500 at 60; 130: 1500 at 130): every precision and recall entry is pycocotools' own at the protocol's caps."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from sodet.eval import scoring
+    from sodet.eval.cocoeval import check_detections
+
+    gt, dets = generated_case(5, dense=dense)
+    protocol = get_protocols("aitod")[0]
+    precision, recall, params = scoring.accumulate(gt, check_detections(gt, dets), 1500, backend, protocol)
+    assert params["maxDets"] == [1, 100, 1500]
+    ref_gt = json.loads(json.dumps(gt))
+    for i, a in enumerate(ref_gt["annotations"], 1):
+        a["id"] = i
+    with contextlib.redirect_stdout(io.StringIO()):
+        g = COCO()
+        g.dataset = ref_gt
+        g.createIndex()
+        E = COCOeval(g, g.loadRes(json.loads(json.dumps(dets))), "bbox")
+        E.params.areaRng = [[lo, hi] for _, lo, hi in protocol.ranges]
+        E.params.areaRngLbl = protocol.range_names
+        E.params.iouThrs = np.asarray(protocol.iou_thresholds)
+        E.params.maxDets = [1, 100, 1500]
+        E.evaluate()
+        E.accumulate()
+    tolerance = 0 if backend == "pycocotools" else 1e-12  # faster-coco-eval's own divisions differ by an ulp
+    np.testing.assert_allclose(precision, E.eval["precision"], rtol=0, atol=tolerance)
+    np.testing.assert_allclose(recall, E.eval["recall"], rtol=0, atol=tolerance)
 
 
 def test_protocols_on_a_real_set():

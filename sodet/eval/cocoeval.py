@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import io
+import itertools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from sodet.errors import SodetError
+from sodet.eval.scoring import DetectionColumns, accumulate, index_in, sorted_image_ids
 
 # The 12 COCOeval summary numbers in COCOeval.summarize's order; AR100 is AR at ``max_dets`` (100 by default).
 METRIC_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
@@ -64,8 +64,7 @@ def evaluate(
     backend = resolve_backend(backend)
     with _collector_paused():
         columns = check_detections(gt_dict, detections)
-        keep = top_indices(columns.image_ids, columns.scores, max_dets)
-        precision, recall, params = _accumulate(gt_dict, columns, keep, max_dets, backend)
+        precision, recall, params = accumulate(gt_dict, capped(columns, max_dets), max_dets, backend)
     names = {c["id"]: c["name"] for c in gt_dict["categories"]}
     metrics: dict[str, Any] = summarize(precision, recall, params)
     metrics["per_class"] = {
@@ -76,14 +75,13 @@ def evaluate(
     return metrics
 
 
-def evaluate_protocol(gt: Mapping[str, Any], columns: "DetectionColumns", protocol, backend: str, names: dict) -> dict:
+def evaluate_protocol(gt: Mapping[str, Any], columns: DetectionColumns, protocol, backend: str, names: dict) -> dict:
     """One protocol's numbers (and per class), COCOeval with the protocol's parameters."""
     if protocol.ignore_field:  # TinyPerson's ignore regions: matched as COCO matches crowd regions
         gt = dict(gt, annotations=[dict(a, iscrowd=1) if a.get("ignore") else a for a in gt["annotations"]])
     cap = max(protocol.max_dets)
     with _collector_paused():
-        keep = top_indices(columns.image_ids, columns.scores, cap)
-        precision, recall, params = _accumulate(gt, columns, keep, cap, backend, protocol)
+        precision, recall, params = accumulate(gt, capped(columns, cap), cap, backend, protocol)
     out: dict[str, Any] = summarize_stats(precision, recall, params, protocol.stats)
     out["per_class"] = {names[c]: summarize_stats(precision, recall, params, protocol.stats, k) for k, c in enumerate(params["catIds"])}
     return out
@@ -114,16 +112,6 @@ def load_gt(gt: Mapping[str, Any] | str | PathLike) -> dict[str, Any]:
     return dict(gt)
 
 
-@dataclass
-class DetectionColumns:
-    """Detections as columns: ids as given, boxes [N, 4] (x, y, w, h) and scores [N] as float64."""
-
-    image_ids: list[Any]
-    category_ids: list[Any]
-    boxes: np.ndarray
-    scores: np.ndarray
-
-
 def check_detections(gt: Mapping[str, Any], detections: Iterable[Mapping[str, Any]]) -> DetectionColumns:
     """Detections as columns; malformed input or ids that the ground truth does not know raise one-line
     SodetErrors instead of a KeyError or wrong numbers deep inside COCOeval (which silently ignores detections of
@@ -140,46 +128,80 @@ def check_detections(gt: Mapping[str, Any], detections: Iterable[Mapping[str, An
             f"prediction #{i} is not a COCO result: expected keys {', '.join(_DETECTION_KEYS)}, got {d!r:.120}"
         ) from None
     try:
-        boxes = np.asarray(bboxes, dtype=np.float64).reshape(len(bboxes), -1 if bboxes else 4)
+        if any(len(b) != 4 for b in bboxes):
+            raise ValueError("a bbox without 4 numbers")
+        boxes = np.fromiter(itertools.chain.from_iterable(bboxes), dtype=np.float64, count=4 * len(bboxes)).reshape(-1, 4)
         scores = np.asarray(scores_list, dtype=np.float64)
     except (TypeError, ValueError) as e:
         raise SodetError(f"predictions need 'bbox' as 4 numbers [x, y, w, h] and a numeric 'score' ({e})") from None
-    if boxes.shape[1] != 4 or scores.ndim != 1:
+    if scores.ndim != 1:
         raise SodetError("predictions need 'bbox' as 4 numbers [x, y, w, h] in original image pixels and one 'score'")
     bad = ~(np.isfinite(boxes).all(axis=1) & np.isfinite(scores))
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         raise SodetError(f"{int(bad.sum())} predictions have non-finite bbox or score (e.g. prediction #{i})")
 
-    known_images = {img["id"] for img in gt["images"]}
-    unknown = [i for i in image_ids if i not in known_images]
-    if unknown:
+    image_ids, category_ids = _id_array(image_ids), _id_array(category_ids)
+    image_index = index_in(image_ids, sorted_image_ids(gt))
+    unknown = np.flatnonzero(image_index < 0)
+    if len(unknown):
         raise SodetError(
             f"{len(unknown)} of {len(detections)} predictions are for image ids that the ground truth does not hold "
-            f"(e.g. image_id {unknown[0]!r}); predictions and ground truth must come from the same split"
+            f"(e.g. image_id {image_ids[unknown[:1]].tolist()[0]!r}); predictions and ground truth must come from the same split"
         )
-    known_categories = {c["id"] for c in gt["categories"]}
-    unknown = [c for c in category_ids if c not in known_categories]
-    if unknown:
+    known_categories = sorted(c["id"] for c in gt["categories"])
+    unknown = np.flatnonzero(index_in(category_ids, np.asarray(known_categories)) < 0)
+    if len(unknown):
         raise SodetError(
             f"{len(unknown)} of {len(detections)} predictions have category ids that the ground truth does not hold "
-            f"(e.g. category_id {unknown[0]!r}; known: {sorted(known_categories)}); map class indices to COCO category ids"
+            f"(e.g. category_id {category_ids[unknown[:1]].tolist()[0]!r}; known: {known_categories}); map class indices to COCO "
+            "category ids"
         )
-    return DetectionColumns(image_ids, category_ids, boxes, scores)
+    return DetectionColumns(image_ids, category_ids, boxes, scores, image_index)
+
+
+def _id_array(ids: list) -> np.ndarray:
+    """Ids as an array: numbers as numbers, anything else as the objects given (never converted to text)."""
+    array = np.asarray(ids)
+    return array if array.dtype.kind in "iuf" else np.array(ids, dtype=object)
+
+
+def capped(columns: DetectionColumns, max_dets: int) -> DetectionColumns:
+    """The ``max_dets`` highest-scoring detections of each image (all of them where no image has more)."""
+    if columns.ranks is None:
+        columns.ranks = _ranks(columns.image_index, columns.scores)
+    if not len(columns.ranks) or columns.ranks.max() < max_dets:
+        return columns
+    return columns.take(np.flatnonzero(columns.ranks < max_dets))
 
 
 def top_indices(image_ids: list[Any], scores: np.ndarray, max_dets: int) -> np.ndarray:
     """Indices, ascending, of the ``max_dets`` highest-scoring detections of each image; among equal scores the
     earlier detection wins. COCOeval itself truncates per image AND class, and backends may break ties differently."""
+    return np.flatnonzero(image_ranks(image_ids, scores) < max_dets)
+
+
+def image_ranks(image_ids: list[Any], scores: np.ndarray) -> np.ndarray:
+    """Each detection's rank among its image's detections (0: the highest score; among equal scores the earlier
+    detection first): ``top_indices`` for any cap is the detections ranked below it."""
     if not len(image_ids):
         return np.zeros(0, dtype=np.int64)
     _, image_index = np.unique(np.asarray(image_ids), return_inverse=True)
-    order = np.lexsort((-np.asarray(scores, dtype=np.float64), image_index))  # by image, then score descending
-    sorted_images = image_index[order]
-    group_start = np.r_[True, sorted_images[1:] != sorted_images[:-1]]
-    start_index = np.maximum.accumulate(np.where(group_start, np.arange(len(order)), 0))
-    rank_in_image = np.arange(len(order)) - start_index
-    return np.sort(order[rank_in_image < max_dets])
+    return _ranks(image_index.ravel(), np.asarray(scores, dtype=np.float64))
+
+
+def _ranks(image_index: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """``image_ranks`` with each detection's image as an index 0..n-1."""
+    if not len(image_index):
+        return np.zeros(0, dtype=np.int64)
+    image_index = image_index.astype(np.min_scalar_type(int(image_index.max())))  # small integers sort by radix
+    by_score = np.argsort(-scores, kind="stable")
+    order = by_score[np.argsort(image_index[by_score], kind="stable")]  # by image, then score descending
+    counts = np.bincount(image_index)
+    first = np.cumsum(counts) - counts  # where each image's run starts in ``order``
+    ranks = np.empty(len(order), dtype=np.int64)
+    ranks[order] = np.arange(len(order)) - np.repeat(first, counts)
+    return ranks
 
 
 def cap_per_image(detections: list[dict[str, Any]], max_dets: int) -> list[dict[str, Any]]:
@@ -235,146 +257,6 @@ def summarize_stats(precision: np.ndarray, recall: np.ndarray, params: Mapping[s
         values = values[values > -1]
         out[st.name] = float(np.mean(values)) if values.size else None
     return out
-
-
-# Above this many scored detections the categories are evaluated in several processes (COCOeval evaluates and
-# accumulates each category on its own, so the per-category arrays are the same); below it a process costs more
-# than it saves.
-PARALLEL_MIN_DETECTIONS = 400_000
-_FORKED_INPUT: tuple | None = None  # what the forked category workers read (inherited, never pickled)
-
-
-def _accumulate(
-    gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray, max_dets: int, backend: str, protocol=None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Run COCOeval's evaluate + accumulate; returns precision [T,R,K,A,M], recall [T,K,A,M] and the parameters.
-
-    Many detections (``PARALLEL_MIN_DETECTIONS``) are scored in up to one process per CPU core, each evaluating a
-    contiguous share of the sorted categories, and the arrays are joined along the category axis: the numbers are
-    those of one COCOeval over all categories (``tests/test_protocols.py``)."""
-    global _FORKED_INPUT
-    cat_ids = sorted(c["id"] for c in gt["categories"])
-    n = _category_workers(len(keep), len(cat_ids))
-    if n == 1:
-        return _accumulate_categories(gt, detections, keep, max_dets, backend, protocol)
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    kept_categories = np.asarray(detections.category_ids)[keep]
-    chunks = _category_chunks(cat_ids, kept_categories, n)
-    _FORKED_INPUT = (gt, detections, keep, kept_categories, max_dets, backend, protocol)
-    try:
-        with ProcessPoolExecutor(len(chunks), mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_accumulate_forked, chunks))
-    finally:
-        _FORKED_INPUT = None
-    params = dict(parts[0][2], catIds=[c for part in parts for c in part[2]["catIds"]])
-    return np.concatenate([p[0] for p in parts], axis=2), np.concatenate([p[1] for p in parts], axis=1), params
-
-
-def _category_workers(scored: int, categories: int) -> int:
-    import multiprocessing
-    import os
-
-    if scored < PARALLEL_MIN_DETECTIONS or categories < 2 or "fork" not in multiprocessing.get_all_start_methods():
-        return 1
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, categories, 8))
-
-
-def _category_chunks(cat_ids: list, kept_categories: np.ndarray, n: int) -> list[list]:
-    """``n`` contiguous runs of the sorted categories holding about equal numbers of detections (the cost)."""
-    values, counts = np.unique(kept_categories, return_counts=True)
-    per_category = dict(zip(values.tolist(), counts.tolist()))
-    load = np.cumsum([per_category.get(c, 0) + 1 for c in cat_ids], dtype=np.float64)
-    cuts = np.searchsorted(load, load[-1] * np.arange(1, n) / n, side="right")
-    bounds = [0, *sorted({int(min(max(c, 1), len(cat_ids) - 1)) for c in cuts}), len(cat_ids)]
-    return [cat_ids[a:b] for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
-
-
-def _accumulate_forked(cats: list) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    gt, detections, keep, kept_categories, max_dets, backend, protocol = _FORKED_INPUT
-    wanted = set(cats)
-    keep = keep[np.isin(kept_categories, np.asarray(cats))]
-    gt = dict(gt, annotations=[a for a in gt["annotations"] if a["category_id"] in wanted])
-    return _accumulate_categories(gt, detections, keep, max_dets, backend, protocol, cats)
-
-
-def _accumulate_categories(
-    gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray, max_dets: int, backend: str, protocol=None,
-    cat_ids: list | None = None,
-) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """One COCOeval's evaluate + accumulate, over ``cat_ids`` (None: every category)."""
-    if backend == "faster-coco-eval":
-        from faster_coco_eval import COCO, COCOeval_faster as COCOeval
-    else:
-        from pycocotools.coco import COCO
-        from pycocotools.cocoeval import COCOeval
-
-    coco_gt, coco_dt = COCO(), COCO()
-    coco_gt.dataset = _gt_dataset(gt)
-    coco_dt.dataset = _result_dataset(gt, detections, keep)
-    with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress
-        coco_gt.createIndex()
-        coco_dt.createIndex()
-        if backend == "faster-coco-eval":
-            E = COCOeval(coco_gt, coco_dt, "bbox", print_function=lambda *a, **k: None)
-        else:
-            E = COCOeval(coco_gt, coco_dt, "bbox")
-        E.params.maxDets = [1, 10, max_dets]
-        if protocol is not None:  # the protocol's own ranges, thresholds and caps (only summarize is fixed in COCOeval)
-            E.params.areaRng = [[lo, hi] for _, lo, hi in protocol.ranges]
-            E.params.areaRngLbl = [name for name, _, _ in protocol.ranges]
-            E.params.iouThrs = np.asarray(protocol.iou_thresholds, dtype=np.float64)
-            E.params.maxDets = list(protocol.max_dets)
-        if cat_ids is not None:
-            E.params.catIds = list(cat_ids)
-        E.evaluate()
-        E.accumulate()
-    p = E.params
-    params = {
-        "iouThrs": np.asarray(p.iouThrs),
-        "areaRngLbl": list(p.areaRngLbl),
-        "maxDets": list(p.maxDets),
-        "catIds": list(p.catIds),
-    }
-    return np.asarray(E.eval["precision"]), np.asarray(E.eval["recall"]), params
-
-
-def _gt_dataset(gt: Mapping[str, Any]) -> dict[str, Any]:
-    """Fresh annotation dicts (COCOeval writes into them) with ids 1..N: COCOeval marks 'unmatched' with id 0, so a
-    ground-truth id 0 would silently count as a miss, and duplicate ids would overwrite each other in the index."""
-    annotations = []
-    for new_id, a in enumerate(gt["annotations"], start=1):
-        a = dict(a, id=new_id)
-        a.setdefault("iscrowd", 0)
-        annotations.append(a)
-    return {
-        "images": [dict(img) for img in gt["images"]],
-        "categories": [dict(c) for c in gt["categories"]],
-        "annotations": annotations,
-    }
-
-
-def _result_dataset(gt: Mapping[str, Any], detections: DetectionColumns, keep: np.ndarray) -> dict[str, Any]:
-    """What COCO.loadRes builds for box results (area = w*h, ids 1..N, not crowd), for the kept detections, without
-    its polygon copy of every box (unused for bbox IoU) and without its crash on an empty result list."""
-    boxes = detections.boxes[keep]
-    annotations = [
-        {"image_id": image_id, "category_id": category_id, "bbox": box, "score": score, "area": area, "id": n,
-         "iscrowd": 0}
-        for n, (image_id, category_id, box, score, area) in enumerate(
-            zip(
-                [detections.image_ids[i] for i in keep],
-                [detections.category_ids[i] for i in keep],
-                boxes.tolist(),
-                detections.scores[keep].tolist(),
-                (boxes[:, 2] * boxes[:, 3]).tolist(),
-            ),
-            start=1,
-        )
-    ]  # fmt: skip
-    return {"images": list(gt["images"]), "categories": [dict(c) for c in gt["categories"]], "annotations": annotations}
 
 
 def _is_result(d: Any) -> bool:
