@@ -221,6 +221,14 @@ def test_hand_computed_numbers(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_ground_truth_of_images_outside_the_image_list_is_not_scored(backend):
+    """COCOeval reads only the annotations of its images: a stray annotation of an unlisted image changes nothing."""
+    gt, detections = hand_case()
+    stray = dict(gt, annotations=gt["annotations"] + [dict(gt["annotations"][0], image_id=999, id=50)])
+    assert evaluate(stray, detections, backend=backend) == evaluate(gt, detections, backend=backend)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_empty_predictions_score_zero_or_none(backend):
     gt, _ = hand_case()
     metrics = evaluate(gt, [], backend=backend)
