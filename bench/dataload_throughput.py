@@ -43,8 +43,10 @@ def data_label(data_dir: Path) -> str:
     return {"hit-uav": "HIT-UAV"}.get(Path(data_dir).name, Path(data_dir).name)
 
 
-def build_variants(data_dir: Path, imgsz: int, images: int, copies: int, crop: str, crop_p: float) -> dict:
-    """The plain training dataset and the three variants, each built as the trainer builds its dataset."""
+def build_variants(data_dir: Path, imgsz: int, images: int, copies: int, crop: str, crop_p: float,
+                   names=(PLAIN, CP, CPJ, CROP)) -> dict:
+    """The plain training dataset and the three variants (or those ``names``), each built as the trainer builds
+    its dataset."""
     from ultralytics.cfg import get_cfg
     from ultralytics.data.utils import check_det_dataset
 
@@ -60,7 +62,8 @@ def build_variants(data_dir: Path, imgsz: int, images: int, copies: int, crop: s
         CPJ: RunOptions(copy_paste=True, paste_copies=copies, paste_jitter=True),
         CROP: RunOptions(crop_train=parse_crop(crop), crop_p=crop_p),
     }
-    return {name: build_dataset(cfg, data["train"], 16, data, "train", 32, opts) for name, opts in options.items()}
+    return {name: build_dataset(cfg, data["train"], 16, data, "train", 32, opts) for name, opts in options.items()
+            if name in names}
 
 
 def timed_pass(dataset, indices: list[int], seed: int) -> float:
@@ -116,6 +119,9 @@ def main() -> None:
     parser.add_argument("--paste-copies", type=int, default=1)
     parser.add_argument("--crop-train", default="256,512", help="crop sides MIN,MAX (the study's 'sf' setting)")
     parser.add_argument("--crop-p", type=float, default=2 / 3)
+    parser.add_argument("--crop-imgsz", default="416",
+                        help="more input sizes (comma-separated) at which random crops are measured against plain, "
+                             "where the engine resizes the frames (416: the study's CPU profile) ['416'; '' for none]")
     run = Run("dataload_throughput", __doc__, parser)
     args = run.parse()
     images = args.images or (48 if run.quick else 0)
@@ -172,6 +178,24 @@ def main() -> None:
     run.target(f"data loading, --crop-train {args.crop_train} (p {args.crop_p:.2f}) vs plain ({where}, one loader worker)",
                "ratio >= 0.9 (epoch)", fmt(crop), met=med(crop) >= 0.9)
 
+    crop_rows = []
+    for size in [int(v) for v in args.crop_imgsz.split(",") if v.strip()]:
+        at = build_variants(args.data, size, images, args.paste_copies, args.crop_train, args.crop_p, (PLAIN, CROP))
+        runs = {k: (d, list(range(len(d)))) for k, d in at.items()}
+        interleaved_pass({k: (d, idx[: 8 if run.quick else 32]) for k, (d, idx) in runs.items()}, 0, 1)
+        rates = {k: [] for k in runs}
+        for rnd in range(rounds):
+            for name, sec in interleaved_pass(runs, rnd, chunks).items():
+                rates[name].append(len(runs[name][1]) / sec)
+        r = [a / b for a, b in zip(rates[CROP], rates[PLAIN])]
+        print(f"{size} px: random crops {med(r):.3f}", flush=True)
+        crop_rows += [f"| {size} | {PLAIN} | {spread(rates[PLAIN], '{:.1f}')} | 1 |",
+                      f"| {size} | {CROP} | {spread(rates[CROP], '{:.1f}')} | **{med(r):.3f}** ({min(r):.3f} - {max(r):.3f}) |"]
+        run.target(f"data loading, --crop-train {args.crop_train} (p {args.crop_p:.2f}) vs plain "
+                   f"({data_label(args.data)}, {size} px: frames resized by the engine, one loader worker)",
+                   "ratio >= 0.9 (epoch)", fmt(r), met=med(r) >= 0.9)
+        del at, runs
+
     stats = {k: ds[k].paste_stats for k in (CP, CPJ)}
     lines = [
         f"- data: `{args.data.name}` train, {n} images" + (f" (the first {images})" if images else "")
@@ -197,6 +221,11 @@ def main() -> None:
         "sample, as plain), then resize each crop up to the network input: the magnification the method is for, "
         "and a resize the plain pipeline does not do where the frames' long side is the input size (HIT-UAV at 640).",
         "",
+        *(["Random crops where the engine resizes the frames (an input below the frames' long side): one decode "
+           "serves a frame's crops and its full-image draws (the full-resolution frame kept for crops, the engine's "
+           "resized copy made from it); each crop is still resized to the input. Whole epochs, the same rounds and "
+           "interleaving as above:", "",
+           "| input px | variant | images/s | ratio to plain |", "|---|---|---|---|", *crop_rows, ""] if crop_rows else []),
         "Paste alone (image already loaded, no transforms), per pasted sample:",
         "",
         "| variant | samples | median ms | 90th percentile ms | of a plain sample's ms |",

@@ -237,6 +237,36 @@ def test_a_frame_decoded_for_a_crop_is_not_decoded_again_for_a_full_image_draw(m
     assert small.ims[0] is None and small.full_res[0].shape[:2] == im.shape[:2]
 
 
+def test_one_decode_serves_a_frames_crops_and_full_draws_where_the_engine_resizes(monkeypatch):
+    """At an input smaller than the frames, a full-image draw of a frame decoded for a crop resizes that decode
+    (the same pixels as the engine's own load_image), and a crop after a full-image draw reads the full-resolution
+    frame kept then: one decode per frame either way, each frame queued once."""
+    import ultralytics.data.base as engine_base
+    import ultralytics.utils.patches as patches
+    from ultralytics.data.dataset import YOLODataset
+
+    decodes = []
+    real_imread = patches.imread
+    counting = lambda *a, **k: decodes.append(a[0]) or real_imread(*a, **k)  # noqa: E731
+    monkeypatch.setattr(patches, "imread", counting)  # sodet's decodes
+    monkeypatch.setattr(engine_base, "imread", counting)  # the engine's load_image
+    ds = crop_dataset(imgsz=320)
+    random.seed(0)
+    ds.cropped_label(0, 0, paste=False)  # crop first, then full draw
+    im, hw0, hw = ds.load_image(0)
+    im_again, _, _ = ds.load_image(0)
+    assert len(decodes) == 1 and im_again is im and hw0 == (512, 640) and hw == (256, 320) == im.shape[:2]
+    engine = crop_dataset(imgsz=320)
+    reference, ref_hw0, ref_hw = YOLODataset.load_image(engine, 0)  # the engine's own load of the same frame
+    assert np.array_equal(im, reference) and (hw0, hw) == (ref_hw0, ref_hw) and len(decodes) == 2
+    decodes.clear()
+    ds.load_image(1)  # full draw first, then crops
+    for _ in range(3):
+        ds.cropped_label(1, 1, paste=False)
+    assert len(decodes) == 1 and ds.full_res[1].shape[:2] == (512, 640)
+    assert ds.buffer.count(0) == ds.buffer.count(1) == 1
+
+
 # P2 models ---------------------------------------------------------------------------------------------------
 def test_p2_models_build_and_start_from_their_base_weights(tmp_path, caplog):
     from ultralytics.cfg import get_cfg

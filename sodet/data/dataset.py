@@ -195,10 +195,6 @@ class SodetDataset(YOLODataset):
         """Sliced training (``sodet.data.crop``): a random crop of image ``i`` at full resolution, its objects
         clipped (those keeping less than --crop-min-visible of their area dropped), copy-paste inside the crop for
         an extra appearance, then resized to the network input as the engine loads images."""
-        import math
-
-        import cv2
-
         from sodet.data.crop import clip_polygons, crop_boxes, crop_window
 
         opts = self.options
@@ -229,12 +225,7 @@ class SodetDataset(YOLODataset):
                 boxes = np.concatenate([boxes, res.boxes.astype(np.float64)], 0)
                 cls = np.concatenate([cls, cls[res.source]], 0)
         hc, wc = crop.shape[:2]
-        size = self.input_side
-        r = size / max(hc, wc)  # long side to the network input, as the engine's load_image does
-        img = np.ascontiguousarray(crop) if r == 1 else cv2.resize(crop, (min(math.ceil(wc * r), size), min(math.ceil(hc * r), size)),
-                                             interpolation=cv2.INTER_LINEAR)
-        if img.ndim == 2:
-            img = img[..., None]
+        img = self.to_input_side(crop)
         cxcywh = np.concatenate([(boxes[:, :2] + boxes[:, 2:]) / 2, boxes[:, 2:] - boxes[:, :2]], 1) / [wc, hc, wc, hc]
         label = {
             "im_file": base["im_file"], "cls": cls.astype(np.float32), "bboxes": cxcywh.astype(np.float32).reshape(-1, 4),
@@ -245,6 +236,36 @@ class SodetDataset(YOLODataset):
             label["rect_shape"] = self.batch_shapes[self.batch[i]]
         return self.update_labels_info(label)
 
+    def to_input_side(self, im: np.ndarray) -> np.ndarray:
+        """``im`` with its long side at the network input, by the rule of the engine's ``load_image`` (bilinear;
+        the other side rounded up, at most the input); the array itself where it is there already."""
+        import math
+
+        import cv2
+
+        h, w = im.shape[:2]
+        size = self.input_side
+        r = size / max(h, w)
+        if r == 1:
+            return np.ascontiguousarray(im)
+        out = cv2.resize(im, (min(math.ceil(w * r), size), min(math.ceil(h * r), size)), interpolation=cv2.INTER_LINEAR)
+        return out[..., None] if out.ndim == 2 else out
+
+    def load_image(self, i: int, rect_mode: bool = True, resize_short: bool = False):
+        """With sliced training, one decode of a frame serves both of its uses: a full-image draw resizes the
+        full-resolution frame that sodet keeps for crops (decoding it there if needed, and keeping it), where the
+        engine's own ``load_image`` would decode the file again and drop the full resolution a later crop of the
+        frame needs. The resized frame goes where the engine keeps it, queued as the engine queues its loads."""
+        if (not (self.augment and self.options.crop_train) or self.cache or self.ims[i] is not None or not rect_mode
+                or resize_short):
+            return super().load_image(i, rect_mode, resize_short)
+        im = self.full_res_image(i)
+        if self.ims[i] is None:  # kept at full resolution by sodet: the engine's copy is the resized one
+            self.ims[i], self.im_hw0[i] = self.to_input_side(im), im.shape[:2]
+            self.im_hw[i] = self.ims[i].shape[:2]
+            self.remember(i)
+        return self.ims[i], self.im_hw0[i], self.im_hw[i]
+
     @property
     def input_side(self) -> int:
         """The network input's long side: what the engine's ``load_image`` resizes a frame's long side to."""
@@ -253,9 +274,9 @@ class SodetDataset(YOLODataset):
     def remember(self, i: int) -> None:
         """Enter a frame decoded for a crop into the engine's buffer of recently loaded images, by the rule of the
         engine's ``load_image``, which a crop does not go through: mosaic draws its other images from that buffer (an
-        empty one would fail, one never refreshed would repeat the same partners). Only a decode enters it: a
-        frame queued twice would be evicted from the engine's store while still queued, and decoded again."""
-        if self.augment and self.cache != "ram":
+        empty one would fail, one never refreshed would repeat the same partners). A frame already queued is not
+        queued again: it would be evicted from the engine's store while still queued, and decoded again."""
+        if self.augment and self.cache != "ram" and i not in self.buffer:
             self.buffer.append(i)
             if 1 < len(self.buffer) >= self.max_buffer_length:
                 j = self.buffer.pop(0)

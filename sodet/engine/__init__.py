@@ -32,7 +32,10 @@ Validator (``validator.py``, subclass of ``DetectionValidator``): ``build_datase
   keys added to the engine's stats: ``metrics/mAP_small|medium|large(B)``, ``metrics/AP_coco(B)``, ``fitness``
   (COCO AP, so best.pt is the checkpoint with the best COCO AP).
 Dataset (``sodet.data.dataset.SodetDataset``, subclass of ``YOLODataset``): ``get_img_files``, ``get_labels``,
-  ``get_image_and_label``, ``__len__``, ``build_transforms`` (a bottom/right LetterBox for YOLOX evaluation).
+  ``get_image_and_label``, ``__len__``, ``build_transforms`` (a bottom/right LetterBox for YOLOX evaluation),
+  ``load_image`` (with sliced training only: one decode of a frame serves its crops and its full-image draws).
+  attributes used: ``ims``, ``im_hw0``, ``im_hw``, ``buffer``, ``max_buffer_length`` (the engine's store of recent
+  loads, which crops enter by the engine's rule).
 Models (``sodet.models``): the model contract in ``../shared/notes/engine.md``, written once in
   ``models/adapter.py`` (``EngineAdapter``); Ultralytics YOLO is the engine's own ``DetectionModel`` with
   ``init_criterion`` overridden (``models/yolo.py``).
@@ -56,7 +59,7 @@ OVERRIDES = {
     "sodet.engine.validator.SodetValidator": ("ultralytics.models.yolo.detect.DetectionValidator", (
         "build_dataset", "init_metrics", "preprocess", "postprocess", "pred_to_json", "eval_json", "finalize_metrics")),
     "sodet.data.dataset.SodetDataset": ("ultralytics.data.dataset.YOLODataset", (
-        "get_img_files", "get_labels", "get_image_and_label", "__len__", "build_transforms")),
+        "get_img_files", "get_labels", "get_image_and_label", "__len__", "build_transforms", "load_image")),
     "sodet.models.yolo.SodetDetectionModel": ("ultralytics.nn.tasks.DetectionModel", ("init_criterion",)),
     "sodet.losses.ultralytics_bbox.RuleBboxLoss": ("ultralytics.utils.loss.BboxLoss", ("forward",)),
     "sodet.losses.ultralytics_bbox.NwdTaskAlignedAssigner": ("ultralytics.utils.tal.TaskAlignedAssigner", ("iou_calculation",)),
