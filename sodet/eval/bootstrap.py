@@ -141,22 +141,12 @@ def per_image_eval(
     max_det: int = 100, iou_thresholds: np.ndarray = COCO_IOUS,
 ) -> PerImageEval:
     """Run pycocotools' COCOeval.evaluate for one area range and cap, and keep what accumulate reads."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    from sodet.eval.cocoeval import _gt_dataset, check_detections, load_gt, top_indices
+    from sodet.eval.cocoeval import capped, check_detections, load_gt
+    from sodet.eval.scoring import pycocotools_eval
 
     gt = load_gt(gt)
-    columns = check_detections(gt, detections)
-    keep = top_indices(columns.image_ids, columns.scores, max_det)
-    from sodet.eval.cocoeval import _result_dataset
-
-    coco_gt, coco_dt = COCO(), COCO()
-    coco_gt.dataset, coco_dt.dataset = _gt_dataset(gt), _result_dataset(gt, columns, keep)
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt.createIndex()
-        coco_dt.createIndex()
-        E = COCOeval(coco_gt, coco_dt, "bbox")
+        E = pycocotools_eval(gt, capped(check_detections(gt, detections), max_det))
         E.params.areaRng, E.params.areaRngLbl = [list(area)], ["range"]
         E.params.maxDets = [max_det]
         E.params.iouThrs = np.asarray(iou_thresholds, dtype=np.float64)
